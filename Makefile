@@ -1,0 +1,28 @@
+# The README's two commands, `make run` and `make test`, each set everything up first.
+# A fresh machine needs only Python 3.11 and make: uv comes from PyPI into .uv/, and uv then
+# builds .venv/ with exactly what uv.lock says.
+PYTHON ?= python3.11
+UV := .uv/bin/uv
+VENV := .venv
+METRION := $(VENV)/bin/metrion
+STAMP := $(VENV)/.synced
+
+.PHONY: run test clean
+
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install --quiet --disable-pip-version-check uv
+
+$(STAMP): $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(METRION) init
+	$(METRION) run
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf .uv $(VENV)

@@ -1,0 +1,103 @@
+"""Credentials: swap a Metrion token for the account's stored key, or let a provider key through.
+
+- `mtr_` token where the provider's SDK puts its key: looked up by SHA-256 in the in-memory
+  directory; the account's stored key for this provider replaces it, in the same place.
+- Unknown or revoked token, no stored key, no credential at all, or two different credentials:
+  401 in the provider's shape, nothing forwarded.
+- Anything else is a provider key (pass-through): forwarded untouched and attributed to the
+  account of an `x-metrion-token` header, else to the account that registered the key's
+  fingerprint, else to the default account.
+- Fails closed: any error here answers 500 rather than forwarding the token.
+"""
+
+import urllib.parse
+
+from mitmproxy import http
+
+from addons import providers
+from addons.refuse import fail_closed, refuse
+from addons.store import Store
+from metrion_cli.tokens import TOKEN_PREFIX, hash_token
+from metrion_cli.vault import fingerprint
+
+
+def find_credentials(flow: http.HTTPFlow, slots) -> list[tuple[providers.CredentialSlot, str]]:
+    found = []
+    for slot in slots:
+        if slot.location == "header":
+            for value in flow.request.headers.get_all(slot.name):
+                if slot.scheme and value[:len(slot.scheme)].lower() == slot.scheme.lower():
+                    value = value[len(slot.scheme):]
+                found.append((slot, value.strip()))
+        else:
+            found.extend((slot, v) for v in flow.request.query.get_all(slot.name))
+    return found
+
+
+def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str) -> None:
+    if slot.location == "header":
+        flow.request.headers[slot.name] = slot.scheme + key
+    else:
+        # Rewrite only our parameter: the rest of the query string goes on byte for byte.
+        path, _, query = flow.request.path.partition("?")
+        parts = [p if p.partition("=")[0] != slot.name else f"{slot.name}={urllib.parse.quote(key, safe='')}"
+                 for p in query.split("&")]
+        flow.request.path = f"{path}?{'&'.join(parts)}"
+
+
+class Credentials:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        meta = flow.metadata.get("metrion")
+        if not meta or not meta.get("provider"):
+            return
+        try:
+            self._authorise(flow, meta, providers.get(meta["provider"]))
+        except Exception as e:
+            fail_closed(flow, "Credentials", e)
+
+    def _authorise(self, flow: http.HTTPFlow, meta: dict, provider) -> None:
+        directory = self.store.directory
+        found = find_credentials(flow, provider.CREDENTIALS)
+        if not found:
+            return refuse(flow, "missing_credential",
+                          "no API key: send your Metrion token (mtr_...) or a provider key")
+        if len({value for _, value in found}) > 1:
+            return refuse(flow, "conflicting_credentials",
+                          "the request carries two different credentials; send exactly one")
+        slot, credential = found[0]
+        if credential.startswith(TOKEN_PREFIX):
+            token = directory.tokens.get(hash_token(credential))
+            if token is None or token.revoked:
+                return refuse(flow, "invalid_token", "unknown or revoked Metrion token")
+            meta.update(account_id=token.account_id, token_id=token.token_id, mode="stored")
+            stored = directory.keys.get((token.account_id, provider.NAME))
+            if stored is None:
+                account = directory.accounts.get(token.account_id)
+                name = account.name if account else str(token.account_id)
+                return refuse(flow, "no_stored_key",
+                              f"account {name!r} has no {provider.NAME} key; add one with "
+                              f"`metrion keys add {name} {provider.NAME}`")
+            meta["key_fingerprint"] = stored.fingerprint
+            if stored.key is None:
+                return refuse(flow, "internal", f"the stored {provider.NAME} key could not be "
+                              "decrypted; the operator's log says why")
+            for other, _ in found:
+                if other != slot and other.location == "header":
+                    del flow.request.headers[other.name]
+            put_credential(flow, slot, stored.key)
+            return
+        meta["mode"] = "passthrough"
+        meta["key_fingerprint"] = key_fp = fingerprint(directory.instance_secret, credential)
+        claimed = meta.get("metrion_token")
+        if claimed:
+            token = directory.tokens.get(hash_token(claimed))
+            if token is None or token.revoked:
+                return refuse(flow, "invalid_token", "unknown or revoked Metrion token in x-metrion-token")
+            meta.update(account_id=token.account_id, token_id=token.token_id)
+            return
+        meta["account_id"] = directory.fingerprints.get(key_fp, directory.default_account_id)

@@ -1,0 +1,17 @@
+"""The Metrion script: `mitmdump -s addons/metrion.py` loads every Metrion addon.
+
+`metrion serve` builds the same list into its own lean Master (metrion_cli/serve.py).
+"""
+
+from addons.credentials import Credentials
+from addons.recorder import Recorder
+from addons.router import Router
+from addons.store import Store
+
+
+def make_addons() -> list:
+    store = Store()
+    return [store, Router(), Credentials(store), Recorder(store)]
+
+
+addons = make_addons()

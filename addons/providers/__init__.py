@@ -1,0 +1,113 @@
+"""Provider facts as data: one module per provider, registered here by name.
+
+A provider module has no mitmproxy import. It says where its SDK puts the credential, how its
+errors look, and where usage sits in a JSON body or an SSE stream. The addons only ever call
+what the `Provider` protocol lists, so a new provider is one module plus one line below.
+"""
+
+import json
+from dataclasses import dataclass, fields
+from types import ModuleType
+from typing import Any, NamedTuple, Protocol
+
+
+class CredentialSlot(NamedTuple):
+    """Where a client may put its key: a header (with an optional scheme) or a query parameter."""
+
+    location: str  # "header" | "query"
+    name: str      # lower-case header name, or query parameter name
+    scheme: str = ""  # e.g. "Bearer " for Authorization
+
+
+@dataclass
+class Usage:
+    """Token counts normalised to one meaning per column (see the `requests` table)."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    total_tokens: int | None = None
+    raw: dict | None = None   # the provider's own usage object
+    note: str | None = None   # why counts are missing, when they are
+
+    def as_row(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("raw", "note")}
+        row["usage_raw"] = json.dumps(self.raw, separators=(",", ":")) if self.raw is not None else None
+        row["usage_note"] = self.note
+        return row
+
+
+class StreamReader(Protocol):
+    """Reads usage and model from one response's SSE events, as they pass."""
+
+    model: str | None
+
+    def feed(self, event: str | None, data: bytes) -> None: ...
+
+    def usage(self) -> Usage: ...
+
+
+class Provider(Protocol):
+    NAME: str
+    DEFAULT_UPSTREAM: str
+    CREDENTIALS: tuple[CredentialSlot, ...]
+    REQUEST_ID_HEADER: str | None
+    FIXED_REQUEST_HEADERS: dict[str, str]
+
+    def error(self, kind: str, message: str) -> tuple[int, dict[str, str], bytes]: ...
+
+    def model_from_request(self, path: str, body: dict | None) -> str | None: ...
+
+    def read_json(self, path: str, body: dict) -> tuple[str | None, Usage]: ...
+
+    def stream_reader(self, path: str) -> StreamReader: ...
+
+
+# What each kind of refusal Metrion makes means, by default; providers may map differently.
+ERROR_STATUS = {
+    "missing_credential": 401,
+    "invalid_token": 401,
+    "conflicting_credentials": 401,
+    "no_stored_key": 401,
+    "bad_request": 400,
+    "not_found": 404,
+    "monthly_cap": 429,
+    "rate_limit": 429,
+    "internal": 500,
+    "bad_gateway": 502,
+    "timeout": 504,
+}
+
+
+def as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def dig(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def json_object(data: bytes) -> dict | None:
+    """A JSON object from bytes, or None for anything else; never raises."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+from . import openai  # noqa: E402  (the registry needs the helpers above)
+
+PROVIDERS: dict[str, ModuleType] = {
+    "openai": openai,
+}
+
+
+def get(name: str) -> Provider:
+    return PROVIDERS[name]  # type: ignore[return-value]

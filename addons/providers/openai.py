@@ -1,0 +1,135 @@
+"""OpenAI: /v1/chat/completions, /v1/responses, /v1/embeddings (providers.md section 3)."""
+
+import json
+
+from . import CredentialSlot, Usage, as_int, dig, json_object
+
+NAME = "openai"
+DEFAULT_UPSTREAM = "https://api.openai.com"
+CREDENTIALS = (CredentialSlot("header", "authorization", "Bearer "),)
+REQUEST_ID_HEADER = "x-request-id"
+FIXED_REQUEST_HEADERS: dict[str, str] = {}
+
+NO_USAGE_IN_STREAM = (
+    "not reported: a chat stream carries usage only when the client sets "
+    "stream_options.include_usage"
+)
+
+# kind -> (status, error.type, error.code)
+_ERRORS = {
+    "missing_credential": (401, "invalid_request_error", None),
+    "invalid_token": (401, "invalid_request_error", "invalid_api_key"),
+    "conflicting_credentials": (401, "invalid_request_error", "invalid_api_key"),
+    "no_stored_key": (401, "invalid_request_error", "invalid_api_key"),
+    "bad_request": (400, "invalid_request_error", None),
+    "not_found": (404, "invalid_request_error", "unknown_url"),
+    "monthly_cap": (429, "insufficient_quota", "insufficient_quota"),
+    "rate_limit": (429, "requests", "rate_limit_exceeded"),
+    "internal": (500, "server_error", None),
+    "bad_gateway": (502, "server_error", None),
+    "timeout": (504, "server_error", None),
+}
+
+
+def error(kind: str, message: str) -> tuple[int, dict[str, str], bytes]:
+    status, error_type, code = _ERRORS[kind]
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return status, {"content-type": "application/json"}, json.dumps(body).encode()
+
+
+def model_from_request(path: str, body: dict | None) -> str | None:
+    model = body.get("model") if body else None
+    return model if isinstance(model, str) else None
+
+
+def normalise(usage: dict) -> Usage:
+    """Chat and embeddings report prompt/completion tokens; Responses reports input/output."""
+    if "input_tokens" in usage or "output_tokens" in usage:
+        input_key, output_key, input_details, output_details = (
+            "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
+    else:
+        input_key, output_key, input_details, output_details = (
+            "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
+    return Usage(
+        input_tokens=as_int(usage.get(input_key)),
+        output_tokens=as_int(usage.get(output_key)),
+        cached_tokens=as_int(dig(usage, input_details, "cached_tokens")),
+        cache_write_tokens=as_int(dig(usage, input_details, "cache_write_tokens")),
+        reasoning_tokens=as_int(dig(usage, output_details, "reasoning_tokens")),
+        total_tokens=as_int(usage.get("total_tokens")),
+        raw=usage,
+    )
+
+
+def read_json(path: str, body: dict) -> tuple[str | None, Usage]:
+    usage = body.get("usage")
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    if not isinstance(usage, dict):
+        return model, Usage(note="not reported: the response had no usage object")
+    return model, normalise(usage)
+
+
+def _mentions_usage(data: bytes) -> bool:
+    """True when `"usage"` is followed by an object: skips json.loads for the `"usage":null` chunks."""
+    at = data.find(b'"usage"')
+    if at < 0:
+        return False
+    rest = data[at + 7: at + 12].lstrip(b": \t")
+    return rest[:1] == b"{"
+
+
+# Responses API events that carry the whole response object (with model and usage).
+_RESPONSE_EVENTS = frozenset(
+    {"response.created", "response.in_progress", "response.completed", "response.incomplete",
+     "response.failed"})
+
+
+class StreamReader:
+    """Chat streams: the last non-null `usage` (the `choices: []` chunk before [DONE]).
+    Responses streams: `response.usage` of response.completed / incomplete / failed."""
+
+    normalise = staticmethod(normalise)
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.error: str | None = None
+        self._usage: dict | None = None
+
+    def feed(self, event: str | None, data: bytes) -> None:
+        if event is not None:
+            if event not in _RESPONSE_EVENTS and event != "error":
+                return
+            obj = json_object(data)
+            if obj is None:
+                return
+            response = obj.get("response") if event != "error" else None
+            if isinstance(response, dict):
+                self._take(response)
+            self._take_error(obj)
+            return
+        if self.model is not None and not _mentions_usage(data) and b'"error"' not in data:
+            return
+        obj = json_object(data)  # None for [DONE] and anything that is not an object
+        if obj is not None:
+            self._take(obj)
+            self._take_error(obj)
+
+    def _take(self, obj: dict) -> None:
+        if self.model is None and isinstance(obj.get("model"), str):
+            self.model = obj["model"]
+        if isinstance(obj.get("usage"), dict):
+            self._usage = obj["usage"]
+
+    def _take_error(self, obj: dict) -> None:
+        err = obj.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            self.error = str(err["message"])[:500]
+
+    def usage(self) -> Usage:
+        if self._usage is None:
+            return Usage(note=NO_USAGE_IN_STREAM)
+        return self.normalise(self._usage)
+
+
+def stream_reader(path: str) -> StreamReader:
+    return StreamReader()

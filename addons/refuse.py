@@ -1,0 +1,29 @@
+"""Answering a request in its provider's own error shape, so the SDKs raise their usual errors."""
+
+import logging
+
+from mitmproxy import http
+
+from addons import providers
+
+logger = logging.getLogger("metrion")
+
+
+def refuse(flow: http.HTTPFlow, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+    meta = flow.metadata["metrion"]
+    provider = providers.get(meta["provider"])
+    status, base_headers, body = provider.error(kind, f"Metrion: {message}")
+    response = http.Response.make(status, body, base_headers)
+    # Our own refusals are final: stop the SDKs' automatic retries (providers.md section 8).
+    response.headers["x-should-retry"] = "false"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    meta["error"] = message
+    meta["refused"] = True
+    flow.response = response
+
+
+def fail_closed(flow: http.HTTPFlow, addon: str, exc: BaseException) -> None:
+    """An addon's own bug must never let a request through: answer 500 instead."""
+    logger.error("metrion: %s failed on %s %s: %r", addon, flow.request.method, flow.request.path.split("?")[0], exc)
+    refuse(flow, "internal", f"internal error in {addon}; the request was not forwarded")

@@ -1,0 +1,111 @@
+"""Router: which provider a request is for, decided by the listener it arrived on.
+
+- A reverse listener whose upstream is a provider's (its public API, or the URL given for it in
+  `metrion_upstream`) serves that provider.
+- Any other request gets a 404 from Metrion and is not forwarded.
+- Takes the `x-metrion-*` headers off every routed request (the requester name and an optional
+  account token for pass-through) so that none of them reaches the provider, and sets the
+  provider's fixed headers (Anthropic's `anthropic-version`).
+"""
+
+import json
+from collections.abc import Sequence
+import logging
+from typing import NamedTuple
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from addons import providers
+
+logger = logging.getLogger("metrion")
+
+MAX_REQUESTER_CHARS = 200
+
+
+class Route(NamedTuple):
+    provider: str
+    upstream: str
+
+
+def parse_upstreams(specs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`openai=http://127.0.0.1:9001` -> {"openai": "http://127.0.0.1:9001"}, defaults filled in."""
+    upstreams = {name: module.DEFAULT_UPSTREAM for name, module in providers.PROVIDERS.items()}
+    for spec in specs:
+        name, sep, url = spec.partition("=")
+        if not sep or not url:
+            raise ValueError(f"expected PROVIDER=URL, got {spec!r}")
+        if name not in providers.PROVIDERS:
+            raise ValueError(f"unknown provider {name!r} (known: {', '.join(providers.PROVIDERS)})")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"upstream for {name} must be an http:// or https:// URL, got {url!r}")
+        upstreams[name] = url
+    return upstreams
+
+
+def _normalise(url: str) -> str:
+    return url.rstrip("/").lower()
+
+
+def clean_requester(value: str) -> str:
+    """Control characters escaped, length bounded: the header is the client's, the row is ours."""
+    value = value[:MAX_REQUESTER_CHARS]
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value)
+
+
+class Router:
+    def __init__(self) -> None:
+        self.by_upstream: dict[str, str] = {}
+        self._by_mode: dict[str, Route | None] = {}
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "metrion_upstream", Sequence[str], [],
+            "Upstream URL of a provider, as PROVIDER=URL (repeatable), e.g. "
+            "openai=http://127.0.0.1:9001. A reverse listener whose target is that URL serves "
+            "that provider; without it, the provider's public API.",
+        )
+
+    def configure(self, updated) -> None:
+        if "metrion_upstream" in updated:
+            try:
+                upstreams = parse_upstreams(ctx.options.metrion_upstream)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"metrion_upstream: {e}") from None
+            by_upstream: dict[str, str] = {}
+            for name, url in upstreams.items():
+                if _normalise(url) in by_upstream:
+                    raise exceptions.OptionsError(
+                        f"metrion_upstream: {name} and {by_upstream[_normalise(url)]} share {url}")
+                by_upstream[_normalise(url)] = name
+            self.by_upstream = by_upstream
+            self._by_mode = {}
+
+    def route(self, flow: http.HTTPFlow) -> Route | None:
+        mode = flow.client_conn.proxy_mode
+        if mode.full_spec not in self._by_mode:
+            provider = self.by_upstream.get(_normalise(mode.data)) if isinstance(mode, ReverseMode) else None
+            self._by_mode[mode.full_spec] = Route(provider, mode.data) if provider else None
+        return self._by_mode[mode.full_spec]
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        meta = flow.metadata["metrion"] = {}
+        route = self.route(flow)
+        headers = flow.request.headers
+        meta["requester"] = clean_requester(headers.get("x-metrion-user", "")) or None
+        meta["metrion_token"] = headers.get("x-metrion-token")
+        for name in [n for n in headers if n.lower().startswith("x-metrion-")]:
+            del headers[name]
+        if route is None:
+            meta["error"] = "no provider serves this listener"
+            flow.response = http.Response.make(
+                404, json.dumps({"error": {"message": "Metrion: no provider is configured for this "
+                                           "address; see `metrion serve --help`", "type": "not_found"}}),
+                {"content-type": "application/json"})
+            return
+        provider = providers.get(route.provider)
+        meta["provider"] = route.provider
+        for name, value in provider.FIXED_REQUEST_HEADERS.items():
+            headers[name] = value

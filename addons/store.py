@@ -1,0 +1,94 @@
+"""Store: the proxy's view of Metrion's state, shared by the other addons.
+
+- Opens the data directory (`metrion_data_dir`) and the vault at start-up; a missing database
+  or a wrong master key stops start-up with one clear line.
+- Keeps `directory`, an in-memory snapshot of tokens, accounts and decrypted keys, and reloads
+  it in a worker thread within `RELOAD_INTERVAL` of any change, so a revoked token stops
+  working within a second and no hook ever reads the disk.
+- Owns the writer thread that commits request rows; `done()` flushes it.
+"""
+
+import asyncio
+import logging
+import os
+
+from mitmproxy import ctx, exceptions
+
+from metrion_cli import db as dbmod
+from metrion_cli import directory as directorymod
+from metrion_cli.paths import Paths, resolve
+from metrion_cli.vault import MasterKeyError, Vault
+from metrion_cli.writer import Writer
+
+logger = logging.getLogger("metrion")
+
+RELOAD_INTERVAL = 0.25
+
+
+class Store:
+    def __init__(self) -> None:
+        self.paths: Paths | None = None
+        self.vault: Vault | None = None
+        self.directory = directorymod.Directory()
+        self.writer: Writer | None = None
+        self._reloader: asyncio.Task | None = None
+        self._version_conn = None  # used only by the reload thread
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "metrion_data_dir", str, os.environ.get("METRION_DATA_DIR", "data"),
+            "Metrion's data directory (metrion.db, vault.db), created by `metrion init`.",
+        )
+
+    def configure(self, updated) -> None:
+        if "metrion_data_dir" not in updated:
+            return
+        paths = resolve(ctx.options.metrion_data_dir)
+        try:
+            vault = Vault.open(paths)
+            directory = directorymod.load(paths, vault)
+        except (dbmod.NotInitialised, MasterKeyError) as e:
+            raise exceptions.OptionsError(f"metrion_data_dir={paths.data_dir}: {e}") from None
+        self._close_writer()
+        self._version_conn = None
+        self.paths, self.vault, self.directory = paths, vault, directory
+        self.writer = Writer(paths.metrion_db).start()
+
+    def running(self) -> None:
+        if self._reloader is None:
+            self._reloader = asyncio.get_running_loop().create_task(self._reload_forever())
+
+    async def _reload_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL)
+            try:
+                fresh = await asyncio.to_thread(self._load_if_changed)
+            except Exception as e:  # keep serving with the last good snapshot
+                logger.error("metrion: could not reload accounts and keys: %s", e)
+                continue
+            if fresh is not None:
+                self.directory = fresh
+
+    def _load_if_changed(self) -> directorymod.Directory | None:
+        assert self.paths and self.vault
+        if self._version_conn is None:
+            self._version_conn = dbmod.connect(self.paths.metrion_db)
+        version = directorymod.read_version(self._version_conn, self.vault.db.conn)
+        if version == self.directory.version:
+            return None
+        return directorymod.load(self.paths, self.vault)
+
+    def put_row(self, row: dict) -> None:
+        if self.writer is not None:
+            self.writer.put(row)
+
+    def done(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            self._reloader = None
+        self._close_writer()
+
+    def _close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

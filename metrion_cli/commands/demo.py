@@ -1,0 +1,91 @@
+import click
+
+from .. import accounts, tokens
+from ..serve import DEFAULT_PORTS
+from . import open_db, open_vault, pass_paths
+
+DEMO_ACCOUNT = "demo"
+DEMO_KEY = "sk-demo-fake-upstream-key"
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@pass_paths
+def demo(paths, host):
+    """Run Metrion against built-in fake providers, with a demo account and a fresh token.
+
+    \b
+    Example:
+      metrion demo      # then paste the printed curl command
+    """
+    _demo(paths, host)
+
+
+@click.command()
+@click.pass_context
+def run(ctx):
+    """Serve the real providers if any account has a key stored, else run the demo.
+
+    \b
+    Example:
+      metrion run       # what `make run` does after `metrion init`
+    """
+    paths = ctx.obj
+    db = open_db(paths)
+    demo_account = accounts.find(db, DEMO_ACCOUNT)
+    real_keys = [k for k in open_vault(paths).listing()
+                 if not demo_account or k["account_id"] != demo_account["id"]]
+    if real_keys:
+        from .serve import serve
+        ctx.invoke(serve)
+    else:
+        click.echo("metrion: no provider key is stored; starting the demo "
+                   "(store one with `metrion keys add ACCOUNT PROVIDER`)")
+        _demo(paths, "127.0.0.1")
+
+
+def _demo(paths, host):
+    from ..fakes import HANDLERS, FakeUpstream
+    from ..serve import ServeConfig, run as run_proxy
+
+    db = open_db(paths)
+    account = accounts.ensure(db, DEMO_ACCOUNT)
+    vault = open_vault(paths)
+    fakes = {name: FakeUpstream(name, record=False).start() for name in HANDLERS}
+    for name in fakes:
+        vault.put(account["id"], name, DEMO_KEY)
+    for old in tokens.listing(db, account["id"]):
+        if old["name"] == "demo" and old["revoked"] is None:
+            tokens.revoke(db, old["id"])
+    token, _ = tokens.create(db, account["id"], "demo")
+    base = f"http://{host}:{DEFAULT_PORTS['openai']}"
+    click.echo(f"""
+Demo: fake providers answer instead of the real ones. Your demo token: {token}
+
+  curl {base}/v1/chat/completions \\
+    -H "Authorization: Bearer {token}" -H "content-type: application/json" \\
+    -H "x-metrion-user: me@example.com" \\
+    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python - <<'PY'
+from openai import OpenAI
+client = OpenAI(api_key="{token}", base_url="{base}/v1")
+print(client.chat.completions.create(model="gpt-4o-mini",
+      messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
+PY
+
+Each request becomes a row of `requests` in {paths.metrion_db}.
+""", err=False)
+    try:
+        code = run_proxy(ServeConfig(data_dir=str(paths.data_dir), host=host,
+                                     ports={n: DEFAULT_PORTS[n] for n in fakes},
+                                     upstreams={n: f.url for n, f in fakes.items()}))
+    finally:
+        for fake in fakes.values():
+            fake.stop()
+    raise SystemExit(code)
+
+
+def register(cli):
+    cli.add_command(demo)
+    cli.add_command(run)

@@ -1,0 +1,45 @@
+import click
+
+from .. import PROVIDER_NAMES
+from ..serve import DEFAULT_PORTS
+
+
+def _pairs(values, convert, what):
+    result = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or name not in PROVIDER_NAMES:
+            raise click.BadParameter(f"expected PROVIDER={what} with PROVIDER one of "
+                                     f"{', '.join(PROVIDER_NAMES)}, got {value!r}")
+        try:
+            result[name] = convert(rest)
+        except ValueError:
+            raise click.BadParameter(f"bad {what} in {value!r}") from None
+    return result
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the listeners bind to.")
+@click.option("--port", "ports", multiple=True, metavar="PROVIDER=PORT",
+              help="Listen port of a provider's reverse listener (repeatable). Defaults: "
+              + ", ".join(f"{k} {v}" for k, v in DEFAULT_PORTS.items()) + ".")
+@click.option("--upstream", "upstreams", multiple=True, metavar="PROVIDER=URL",
+              help="Send a provider's requests here instead of its public API (repeatable).")
+@click.pass_obj
+def serve(paths, host, ports, upstreams):
+    """Run the gateway: one reverse-proxy listener per provider.
+
+    \b
+    Example:
+      metrion serve --port openai=9101 --upstream openai=http://127.0.0.1:9001
+    """
+    from ..serve import ServeConfig, run
+
+    config = ServeConfig(
+        data_dir=str(paths.data_dir), host=host, ports=_pairs(ports, int, "PORT"),
+        upstreams=_pairs(upstreams, str, "URL"))
+    raise SystemExit(run(config))
+
+
+def register(cli):
+    cli.add_command(serve)

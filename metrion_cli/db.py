@@ -1,0 +1,71 @@
+"""Opening Metrion's two SQLite files with the same pragmas everywhere."""
+
+import datetime
+import os
+import sqlite3
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from . import migrations
+from .paths import Paths
+
+
+class NotInitialised(Exception):
+    pass
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def isoformat(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now_iso() -> str:
+    return isoformat(utcnow())
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    # Autocommit mode: transactions are explicit (BEGIN, or Database.atomic()).
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    # WAL: readers (Datasette, the CLI, the proxy's refresher) never block the writer.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _require(path: Path) -> None:
+    if not path.exists():
+        raise NotInitialised(
+            f"no Metrion database at {path}: run `metrion init` (or pass --data-dir)"
+        )
+
+
+def open_metrion(paths: Paths) -> Database:
+    _require(paths.metrion_db)
+    return Database(connect(paths.metrion_db))
+
+
+def open_vault(paths: Paths) -> Database:
+    _require(paths.vault_db)
+    return Database(connect(paths.vault_db))
+
+
+def initialise(paths: Paths) -> None:
+    """Create both databases if missing and apply pending migrations. Idempotent."""
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(connect(paths.metrion_db))
+    migrations.metrion.apply(db)
+    db.conn.close()
+    fresh_vault = not paths.vault_db.exists()
+    if fresh_vault:
+        # Created 0600 before SQLite writes anything into it.
+        os.close(os.open(paths.vault_db, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(paths.vault_db, 0o600)
+    vault = Database(connect(paths.vault_db))
+    migrations.vault.apply(vault)
+    vault.conn.close()

@@ -1,0 +1,161 @@
+"""Schema of metrion.db and vault.db as numbered steps, applied in registration order.
+
+Never edit a step that has shipped: add the next one. `tests/test_migrations.py` checks the
+resulting columns and upgrades a database made by the first step only.
+"""
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+metrion = Migrations("metrion")
+vault = Migrations("metrion_vault")
+
+# Bumped by triggers whenever accounts, tokens or registered keys change, so the running proxy
+# notices a revoked token by polling one row instead of re-reading every table.
+_BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'config_version';"
+
+
+@metrion()
+def m001_initial(db: Database) -> None:
+    db.executescript(
+        f"""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta (key, value) VALUES ('config_version', 1);
+
+        CREATE TABLE accounts (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            plan TEXT NOT NULL DEFAULT 'free' CHECK (plan IN ('free', 'pro')),
+            monthly_cap INTEGER,          -- overrides the plan's cap when set
+            created TEXT NOT NULL
+        );
+
+        CREATE TABLE tokens (
+            id INTEGER PRIMARY KEY,
+            account_id INTEGER NOT NULL REFERENCES accounts(id),
+            sha256 TEXT NOT NULL UNIQUE,  -- the token itself is never stored
+            prefix TEXT NOT NULL,         -- first characters, for display only
+            name TEXT,
+            rpm INTEGER,                  -- per-token requests/minute; NULL = account default
+            created TEXT NOT NULL,
+            revoked TEXT
+        );
+        CREATE INDEX tokens_account ON tokens(account_id);
+
+        -- Pass-through keys an account claims: only an HMAC fingerprint, never the key.
+        CREATE TABLE registered_keys (
+            id INTEGER PRIMARY KEY,
+            account_id INTEGER NOT NULL REFERENCES accounts(id),
+            provider TEXT NOT NULL,
+            fingerprint TEXT NOT NULL UNIQUE,
+            last4 TEXT NOT NULL,
+            created TEXT NOT NULL
+        );
+
+        -- The request log. Token columns are normalised across providers:
+        --   input_tokens      every input token billed, cache reads and writes included
+        --   output_tokens     every output token, reasoning included
+        --   cached_tokens     input tokens read from the provider's cache (part of input_tokens)
+        --   cache_write_tokens input tokens written to the cache (part of input_tokens)
+        --   reasoning_tokens  output tokens spent on reasoning (part of output_tokens)
+        -- NULL means the provider did not report it (usage_note says why); usage_raw keeps
+        -- the provider's own usage object as JSON.
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,             -- arrival, UTC ISO 8601
+            account_id INTEGER,
+            token_id INTEGER,
+            provider TEXT,
+            method TEXT,
+            endpoint TEXT,                -- path only: the query string may hold a key
+            model TEXT,
+            status INTEGER,
+            streamed INTEGER NOT NULL DEFAULT 0,
+            forwarded INTEGER NOT NULL DEFAULT 0,  -- sent upstream; only these count against caps
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            cached_tokens INTEGER,
+            cache_write_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            total_tokens INTEGER,
+            usage_raw TEXT,
+            usage_note TEXT,
+            ttfb_ms REAL,
+            latency_ms REAL,
+            request_bytes INTEGER,
+            response_bytes INTEGER,
+            requester TEXT,               -- x-metrion-user
+            mode TEXT,                    -- stored | passthrough | none
+            key_fingerprint TEXT,
+            upstream_request_id TEXT,
+            error TEXT,
+            client_aborted INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX requests_ts ON requests(ts);
+        CREATE INDEX requests_account_ts ON requests(account_id, ts);
+
+        CREATE TABLE usage_monthly (
+            account_id INTEGER NOT NULL,
+            month TEXT NOT NULL,          -- YYYY-MM, UTC
+            requests INTEGER NOT NULL DEFAULT 0,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (account_id, month)
+        );
+
+        CREATE TRIGGER accounts_ins AFTER INSERT ON accounts BEGIN {_BUMP} END;
+        CREATE TRIGGER accounts_upd AFTER UPDATE ON accounts BEGIN {_BUMP} END;
+        CREATE TRIGGER accounts_del AFTER DELETE ON accounts BEGIN {_BUMP} END;
+        CREATE TRIGGER tokens_ins AFTER INSERT ON tokens BEGIN {_BUMP} END;
+        CREATE TRIGGER tokens_upd AFTER UPDATE ON tokens BEGIN {_BUMP} END;
+        CREATE TRIGGER tokens_del AFTER DELETE ON tokens BEGIN {_BUMP} END;
+        CREATE TRIGGER registered_keys_ins AFTER INSERT ON registered_keys BEGIN {_BUMP} END;
+        CREATE TRIGGER registered_keys_del AFTER DELETE ON registered_keys BEGIN {_BUMP} END;
+        """
+    )
+
+
+_VAULT_BUMP = "UPDATE vault_meta SET value = value + 1 WHERE key = 'config_version';"
+
+
+@vault()
+def v001_initial(db: Database) -> None:
+    db.executescript(
+        f"""
+        CREATE TABLE vault_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO vault_meta (key, value) VALUES ('config_version', 1);
+
+        -- One row per master key version: a known plaintext encrypted with it, so a wrong
+        -- master key is detected at start-up instead of at the first request.
+        CREATE TABLE master_keys (
+            version INTEGER PRIMARY KEY,
+            check_blob BLOB NOT NULL,
+            created TEXT NOT NULL
+        );
+
+        -- Secrets of the instance itself (the HMAC key for fingerprints), sealed like provider keys.
+        CREATE TABLE sealed_secrets (
+            name TEXT PRIMARY KEY,
+            ciphertext BLOB NOT NULL,
+            key_version INTEGER NOT NULL
+        );
+
+        -- AES-256-GCM: ciphertext = nonce (12 bytes) || sealed key; the associated data binds
+        -- it to (account_id, provider), so a ciphertext copied to another row cannot decrypt.
+        CREATE TABLE provider_keys (
+            id INTEGER PRIMARY KEY,
+            account_id INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            ciphertext BLOB NOT NULL,
+            key_version INTEGER NOT NULL,
+            last4 TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            created TEXT NOT NULL,
+            UNIQUE (account_id, provider)
+        );
+
+        CREATE TRIGGER provider_keys_ins AFTER INSERT ON provider_keys BEGIN {_VAULT_BUMP} END;
+        CREATE TRIGGER provider_keys_upd AFTER UPDATE ON provider_keys BEGIN {_VAULT_BUMP} END;
+        CREATE TRIGGER provider_keys_del AFTER DELETE ON provider_keys BEGIN {_VAULT_BUMP} END;
+        """
+    )

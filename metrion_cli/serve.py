@@ -1,0 +1,118 @@
+"""`metrion serve`: Metrion's addons in a lean mitmproxy Master.
+
+mitmdump loads about forty addons that every hook of every flow passes through; Metrion needs
+five of mitmproxy's core ones. Measured (DESIGN.md): ~1.75x bare mitmdump's requests/s. This is
+the one module of metrion_cli that imports `addons`, and it does so inside `run()`.
+"""
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass, field
+
+DEFAULT_PORTS = {"openai": 8101, "anthropic": 8102, "gemini": 8103, "mistral": 8104, "xai": 8105}
+
+
+@dataclass
+class ServeConfig:
+    data_dir: str
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=dict)       # provider -> listen port
+    upstreams: dict[str, str] = field(default_factory=dict)   # provider -> upstream URL
+    extra_options: dict = field(default_factory=dict)         # any other mitmproxy option
+
+
+def proxy_options(config: ServeConfig, providers: list[str], defaults: dict[str, str]) -> dict:
+    """The mitmproxy options for this configuration: one reverse listener per provider."""
+    modes = []
+    for name in providers:
+        port = config.ports.get(name, DEFAULT_PORTS.get(name))
+        if port is None or port == 0 and name not in config.ports:
+            continue
+        upstream = config.upstreams.get(name, defaults[name])
+        modes.append(f"reverse:{upstream}@{config.host}:{port}")
+    return {
+        "mode": modes,
+        # Refusals (401, 429) must not open an upstream connection first.
+        "connection_strategy": "lazy",
+        "metrion_data_dir": config.data_dir,
+        "metrion_upstream": [f"{k}={v}" for k, v in config.upstreams.items()],
+        "termlog_verbosity": "info",
+        **config.extra_options,
+    }
+
+
+class Announce:
+    """Prints one line per listener once all of them accept connections."""
+
+    def __init__(self, upstream_of: dict[str, str]) -> None:
+        self.upstream_of = upstream_of
+
+    def running(self) -> None:
+        from mitmproxy import ctx
+        from mitmproxy.proxy.mode_specs import ReverseMode
+
+        for server in ctx.master.addons.get("proxyserver").servers:
+            if not isinstance(server.mode, ReverseMode):
+                continue
+            provider = self.upstream_of.get(server.mode.data.rstrip("/").lower(), "?")
+            for host, port, *_ in server.listen_addrs:
+                print(f"metrion: {provider} listening on http://{host}:{port} -> {server.mode.data}",
+                      flush=True)
+        print("metrion: ready", flush=True)
+
+
+async def _run(config: ServeConfig) -> int:
+    from mitmproxy import exceptions, master, options
+    from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+
+    from addons import providers
+    from addons.metrion import make_addons
+    from addons.router import parse_upstreams
+
+    opts = options.Options()
+    proxy = master.Master(opts, with_termlog=True)
+    upstreams = parse_upstreams([f"{k}={v}" for k, v in config.upstreams.items()])
+    proxy.addons.add(
+        core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        *make_addons(),
+        Announce({v.rstrip("/").lower(): k for k, v in upstreams.items()}),
+    )
+    settings = proxy_options(config, list(providers.PROVIDERS), upstreams)
+    settings["confdir"] = str(config_confdir(config))
+    try:
+        opts.update(**settings)
+    except exceptions.OptionsError as e:
+        print(f"metrion serve: {e}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    # mitmdump wires signals in mitmproxy/tools/main.py, not in Master: without this, SIGTERM
+    # would kill the process before done() flushes the queued rows.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proxy.shutdown)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    await proxy.run()
+    # Keep-alive client connections are cancelled as the loop closes; asyncio would print each
+    # one as an "exception in callback" although nothing went wrong.
+    loop.set_exception_handler(_quiet_cancellations)
+    return 0
+
+
+def _quiet_cancellations(loop, context) -> None:
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
+def config_confdir(config: ServeConfig):
+    from .paths import resolve
+
+    return resolve(config.data_dir).confdir
+
+
+def run(config: ServeConfig) -> int:
+    try:
+        return asyncio.run(_run(config))
+    except SystemExit as e:  # errorcheck exits when start-up logged an error (a port in use)
+        return int(e.code or 0)

@@ -1,0 +1,139 @@
+"""The one thread that writes request rows: batches, one transaction each, usage in the same one.
+
+The proxy's hooks call `put()` (a non-blocking append) and never wait on SQLite. The thread
+commits every `interval` seconds or `batch_size` rows, whichever comes first, and `close()`
+flushes what is queued. When the database is locked or the disk is full, rows wait in memory
+up to `max_queued`; beyond that new rows are counted as dropped and logged, never silently lost.
+"""
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from .db import connect
+
+logger = logging.getLogger("metrion.writer")
+
+REQUEST_COLUMNS = (
+    "ts", "account_id", "token_id", "provider", "method", "endpoint", "model", "status",
+    "streamed", "forwarded", "input_tokens", "output_tokens", "cached_tokens",
+    "cache_write_tokens", "reasoning_tokens", "total_tokens", "usage_raw", "usage_note",
+    "ttfb_ms", "latency_ms", "request_bytes", "response_bytes", "requester", "mode",
+    "key_fingerprint", "upstream_request_id", "error", "client_aborted",
+)
+_INSERT = (
+    f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
+)
+_UPSERT_USAGE = (
+    "INSERT INTO usage_monthly (account_id, month, requests, input_tokens, output_tokens) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, month) DO UPDATE SET "
+    "requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens, "
+    "output_tokens = output_tokens + excluded.output_tokens"
+)
+_STOP = object()
+
+
+class Writer:
+    def __init__(self, path: Path, interval: float = 0.05, batch_size: int = 2000,
+                 max_queued: int = 200_000):
+        self.path = path
+        self.interval = interval
+        self.batch_size = batch_size
+        self.max_queued = max_queued
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: list[tuple] = []  # rows taken off the queue but not yet committed
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="metrion-writer", daemon=True)
+        self._conn: sqlite3.Connection | None = None
+
+    def start(self) -> "Writer":
+        self._conn = connect(self.path)
+        self._thread.start()
+        return self
+
+    def put(self, row: dict) -> None:
+        # qsize() is approximate, which is all a bound on memory needs.
+        if self._queue.qsize() + len(self._pending) >= self.max_queued:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.error("metrion writer: queue full, %d rows dropped so far", self.dropped)
+            return
+        self._queue.put(tuple(row.get(c) for c in REQUEST_COLUMNS))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush everything queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping or self._pending:
+            deadline = time.monotonic() + self.interval
+            while len(self._pending) < self.batch_size and not stopping:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                else:
+                    self._pending.append(item)
+            if stopping:
+                self._drain_nowait()
+            if self._pending and not self._commit():
+                if stopping and self.failures > 20:
+                    logger.error("metrion writer: giving up, %d rows not written", len(self._pending))
+                    return
+                time.sleep(min(1.0, 0.05 * self.failures))
+
+    def _drain_nowait(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                self._pending.append(item)
+
+    def _commit(self) -> bool:
+        batch = self._pending
+        usage: dict[tuple[int, str], list[int]] = {}
+        ts_i, account_i, forwarded_i = (REQUEST_COLUMNS.index(c) for c in ("ts", "account_id", "forwarded"))
+        in_i, out_i = REQUEST_COLUMNS.index("input_tokens"), REQUEST_COLUMNS.index("output_tokens")
+        for row in batch:
+            if row[account_i] is None:
+                continue
+            totals = usage.setdefault((row[account_i], row[ts_i][:7]), [0, 0, 0])
+            totals[0] += 1 if row[forwarded_i] else 0
+            totals[1] += row[in_i] or 0
+            totals[2] += row[out_i] or 0
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_INSERT, batch)
+            conn.executemany(_UPSERT_USAGE, [(a, m, *t) for (a, m), t in usage.items()])
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.failures += 1
+            if self.failures == 1 or self.failures % 50 == 0:
+                logger.error("metrion writer: %d rows wait, database error: %s", len(batch), e)
+            return False
+        if self.failures:
+            logger.warning("metrion writer: database writable again after %d failed attempts", self.failures)
+        self.failures = 0
+        self.written += len(batch)
+        self._pending = []
+        return True

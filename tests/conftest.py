@@ -1,0 +1,189 @@
+"""Shared fixtures: a fresh data directory and master key per test, the fake upstreams, and a
+real `metrion serve` process on free loopback ports.
+
+Every secret a test uses is registered with `secrets_used`; when the gateway stops, its data
+directory and its whole output are searched for each of them, in clear and in base64.
+"""
+
+import base64
+import os
+import secrets as secretsmod
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from metrion_cli.cli import cli
+from metrion_cli.fakes import FakeUpstream
+from metrion_cli.vault import format_key
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def metrion_env(tmp_path, monkeypatch):
+    """Each test: its own data dir and master key; the user's real config is never touched."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("METRION_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("METRION_SECRET_KEY", format_key(1, secretsmod.token_bytes(32)))
+    monkeypatch.delenv("METRION_SECRET_KEY_FILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return data_dir
+
+
+@pytest.fixture
+def data_dir(metrion_env) -> Path:
+    return metrion_env
+
+
+@pytest.fixture
+def secrets_used() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def run_cli(secrets_used):
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None, ok: bool = True):
+        result = runner.invoke(cli, list(args), input=input, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        for secret in secrets_used:
+            assert secret not in result.output or args[:2] in (("tokens", "create"), ("tokens", "rotate"))
+        return result
+
+    return run
+
+
+@dataclass
+class Setup:
+    account: str
+    token: str
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture
+def acme(run_cli, secrets_used) -> Setup:
+    """An initialised data dir with account `acme`, a stored OpenAI key and a token."""
+    run_cli("init")
+    run_cli("accounts", "add", "acme")
+    key = "sk-test-" + secretsmod.token_hex(16)
+    secrets_used.append(key)
+    run_cli("keys", "add", "acme", "openai", input=key + "\n")
+    token = run_cli("tokens", "create", "acme", "--quiet").output.strip()
+    secrets_used.append(token)
+    return Setup("acme", token, {"openai": key})
+
+
+@pytest.fixture
+def fake_openai():
+    with FakeUpstream("openai") as fake:
+        yield fake
+
+
+class Gateway:
+    def __init__(self, args: list[str], data_dir: Path, secrets_used: list[str], ports: dict[str, int]):
+        self.data_dir = data_dir
+        self.ports = ports
+        self.secrets_used = secrets_used
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(30):
+            self.stop(check=False)
+            raise AssertionError("gateway did not start:\n" + "".join(self.output))
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if line.startswith("metrion: ready"):
+                self._ready.set()
+
+    def url(self, provider: str = "openai") -> str:
+        return f"http://127.0.0.1:{self.ports[provider]}"
+
+    def rows(self, where: str = "1", params: tuple = ()) -> list[dict]:
+        conn = sqlite3.connect(self.data_dir / "metrion.db")
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(f"SELECT * FROM requests WHERE {where} ORDER BY id", params)]
+        finally:
+            conn.close()
+
+    def wait_rows(self, count: int, timeout: float = 5.0) -> list[dict]:
+        """Rows reach SQLite through the writer's batches: wait for them, not a fixed time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.rows()
+            if len(rows) >= count or time.monotonic() > deadline:
+                assert len(rows) >= count, f"expected {count} rows, found {len(rows)}"
+                return rows
+            time.sleep(0.02)
+
+    def stop(self, check: bool = True) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        if check:
+            assert self.proc.returncode == 0, "".join(self.output)
+            assert_no_secrets(self.secrets_used, [self.data_dir], "".join(self.output))
+        return self.proc.returncode
+
+
+def assert_no_secrets(secrets_used: list[str], dirs: list[Path], text: str) -> None:
+    blobs = [("gateway output", text.encode())]
+    for directory in dirs:
+        for path in directory.rglob("*"):
+            if path.is_file():
+                blobs.append((str(path), path.read_bytes()))
+    for secret in secrets_used:
+        forms = [secret.encode(), base64.b64encode(secret.encode()), base64.urlsafe_b64encode(secret.encode())]
+        for where, blob in blobs:
+            for form in forms:
+                assert form not in blob, f"a secret ({secret[:6]}...) appears in {where}"
+
+
+@pytest.fixture
+def start_gateway(data_dir, secrets_used):
+    started: list[Gateway] = []
+
+    def start(upstreams: dict[str, str], extra: list[str] = ()) -> Gateway:
+        ports = {name: free_port() for name in upstreams}
+        args = [str(VENV_BIN / "metrion"), "serve"]
+        for name, url in upstreams.items():
+            args += ["--port", f"{name}={ports[name]}", "--upstream", f"{name}={url}"]
+        gateway = Gateway(args + list(extra), data_dir, secrets_used, ports)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def gateway(acme, fake_openai, start_gateway) -> Gateway:
+    return start_gateway({"openai": fake_openai.url})
