@@ -53,9 +53,19 @@ def clean_requester(value: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value)
 
 
+def index_upstreams(specs: Sequence[str]) -> dict[str, str]:
+    """Normalised upstream URL -> provider; raises ValueError on a bad or ambiguous spec."""
+    by_upstream: dict[str, str] = {}
+    for name, url in parse_upstreams(specs).items():
+        if _normalise(url) in by_upstream:
+            raise ValueError(f"{name} and {by_upstream[_normalise(url)]} share the upstream {url}")
+        by_upstream[_normalise(url)] = name
+    return by_upstream
+
+
 class Router:
     def __init__(self) -> None:
-        self.by_upstream: dict[str, str] = {}
+        self.by_upstream: dict[str, str] = index_upstreams([])
         self._by_mode: dict[str, Route | None] = {}
 
     def load(self, loader) -> None:
@@ -69,16 +79,9 @@ class Router:
     def configure(self, updated) -> None:
         if "metrion_upstream" in updated:
             try:
-                upstreams = parse_upstreams(ctx.options.metrion_upstream)
+                self.by_upstream = index_upstreams(ctx.options.metrion_upstream)
             except ValueError as e:
                 raise exceptions.OptionsError(f"metrion_upstream: {e}") from None
-            by_upstream: dict[str, str] = {}
-            for name, url in upstreams.items():
-                if _normalise(url) in by_upstream:
-                    raise exceptions.OptionsError(
-                        f"metrion_upstream: {name} and {by_upstream[_normalise(url)]} share {url}")
-                by_upstream[_normalise(url)] = name
-            self.by_upstream = by_upstream
             self._by_mode = {}
 
     def route(self, flow: http.HTTPFlow) -> Route | None:

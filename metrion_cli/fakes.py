@@ -984,44 +984,47 @@ class FakeUpstream:
                 writer.transport.close()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
+        # h11 parses each request (a fresh Connection per request, fed what the previous one left
+        # over); responses are serialised here directly, which is exact and much cheaper than
+        # h11's per-header validation on the hot path.
+        leftover = b""
         while True:
+            conn = h11.Connection(h11.SERVER)
+            if leftover:
+                conn.receive_data(leftover)
             try:
-                req = await self._read_request(conn, reader, writer)
+                got = await self._read_request(conn, reader, writer)
             except h11.RemoteProtocolError as e:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    body = dumps({"error": {"message": f"Bad request: {e}", "type": "invalid_request_error",
-                                            "param": None, "code": None}})
-                    writer.write(
-                        conn.send(h11.Response(
-                            status_code=e.error_status_hint,
-                            headers=[(b"content-type", b"application/json"),
-                                     (b"content-length", str(len(body)).encode()),
-                                     (b"connection", b"close")],
-                        ))
-                        + conn.send(h11.Data(data=body))
-                        + conn.send(h11.EndOfMessage())
-                    )
-                    await writer.drain()
+                body = dumps({"error": {"message": f"Bad request: {e}", "type": "invalid_request_error",
+                                        "param": None, "code": None}})
+                writer.write(
+                    b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n%s"
+                    % (e.error_status_hint, _reason(e.error_status_hint), len(body), body)
+                )
+                await writer.drain()
                 return
-            if req is None:
+            if got is None:
                 return
-            await self._respond(conn, reader, writer, req)
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            req, keep_alive, chunked_ok = got
+            leftover, closed = conn.trailing_data
+            keep_alive = await self._respond(reader, writer, req, keep_alive and not closed, chunked_ok)
+            if not keep_alive:
                 return
-            conn.start_next_cycle()
 
     @staticmethod
     async def _read_request(
         conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> ReceivedRequest | None:
+    ) -> tuple[ReceivedRequest, bool, bool] | None:
+        """(request, client allows keep-alive, client speaks HTTP/1.1) or None at EOF."""
         request: h11.Request | None = None
         parts: list[bytes] = []
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 if conn.they_are_waiting_for_100_continue:
-                    writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    conn.send(h11.InformationalResponse(status_code=100, headers=[]))
                 conn.receive_data(await reader.read(_READ_SIZE))
                 continue
             kind = type(event)
@@ -1035,20 +1038,30 @@ class FakeUpstream:
                 return None
         assert request is not None
         body = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
-        return ReceivedRequest(
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers]
+        http11 = request.http_version == b"1.1"
+        keep_alive = http11
+        if http11:
+            for n, v in headers:
+                if n == "connection" and "close" in v.lower():
+                    keep_alive = False
+        req = ReceivedRequest(
             method=request.method.decode("ascii"),
             path=request.target.decode("latin-1"),
-            headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers],
+            headers=headers,
             body=body,
         )
+        return req, keep_alive, http11
 
     async def _respond(
         self,
-        conn: h11.Connection,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         req: ReceivedRequest,
-    ) -> None:
+        keep_alive: bool,
+        chunked_ok: bool,
+    ) -> bool:
+        """Write the reply to ``req``; returns whether the connection can serve another request."""
         b = effective_behaviour(self.behaviour, req)
         record = self.record
         if record:
@@ -1068,12 +1081,16 @@ class FakeUpstream:
 
         headers = list(reply.headers)
         streaming = reply.events is not None
+        chunked = streaming and chunked_ok  # an HTTP/1.0 client gets a close-delimited stream
         gz = zlib.compressobj(6, zlib.DEFLATED, 31) if b.gzip else None
         if streaming:
             chunks = reply.events
             if gz is not None:
                 headers.append(("content-encoding", "gzip"))
-            headers.append(("transfer-encoding", "chunked"))
+            if chunked:
+                headers.append(("transfer-encoding", "chunked"))
+            else:
+                keep_alive = False
         else:
             body = reply.body
             if gz is not None:
@@ -1081,6 +1098,9 @@ class FakeUpstream:
                 headers.append(("content-encoding", "gzip"))
             headers.append(("content-length", str(len(body))))
             chunks = [body]
+        if not keep_alive:
+            headers.append(("connection", "close"))
+        head = _serialise_head(reply.status, headers)
 
         rec: SentResponse | None = None
         buf: bytearray | None = None
@@ -1089,25 +1109,20 @@ class FakeUpstream:
             rec = SentResponse(reply.status, headers, buf, None, reply.model, reply.request_id, [])  # type: ignore[arg-type]
             self.sent.append(rec)
 
-        head = conn.send(h11.Response(
-            status_code=reply.status,
-            headers=[(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
-            reason=_reason(reply.status),
-        ))
         reset = b.reset_after_chunks
         stall = b.stall_after_chunks
         usage_at = reply.usage_at
 
         if not streaming and reset is None and stall is None:
-            # fast path: one write for headers, body and end of message
+            # fast path: headers and body in one write
             body = chunks[0]
             if rec is not None:
                 rec.chunk_times.append(time.monotonic())
                 rec.body = body
                 rec.usage = usage_at.get(0)
-            writer.write(head + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+            writer.write(head + body)
             await writer.drain()
-            return
+            return keep_alive
 
         writer.write(head)
         if streaming:
@@ -1133,14 +1148,17 @@ class FakeUpstream:
                 if u is not None:
                     rec.usage = u
             if data:
-                writer.write(conn.send(h11.Data(data=data)))
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
                 await writer.drain()
-        if reset is not None and reset >= len(chunks):
+        n = len(chunks)
+        if reset is not None and reset >= n:
             await self._abort(writer, rec, buf)
-        if stall is not None and stall >= len(chunks):
+        if stall is not None and stall >= n:
             await self._stall(reader, writer, rec, buf)
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        return keep_alive
 
     @staticmethod
     def _finish_record(rec: SentResponse | None, buf: bytearray | None) -> None:
@@ -1168,6 +1186,16 @@ class FakeUpstream:
         while await reader.read(_READ_SIZE):  # keep the connection open until the peer closes it
             pass
         raise _Stop
+
+
+def _serialise_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+    for n, v in headers:
+        if "\n" in v or "\r" in v or "\n" in n or "\r" in n or ":" in n:
+            raise ValueError(f"invalid response header {n!r}")
+        lines.append(b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1")))
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,15 +10,19 @@ DEMO_KEY = "sk-demo-fake-upstream-key"
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", "ports", multiple=True, metavar="PROVIDER=PORT",
+              help="Listen port of a provider (repeatable); defaults as for `metrion serve`.")
 @pass_paths
-def demo(paths, host):
+def demo(paths, host, ports):
     """Run Metrion against built-in fake providers, with a demo account and a fresh token.
 
     \b
     Example:
       metrion demo      # then paste the printed curl command
     """
-    _demo(paths, host)
+    from .serve import parse_pairs
+
+    _demo(paths, host, parse_pairs(ports, int, "PORT"))
 
 
 @click.command()
@@ -41,10 +45,10 @@ def run(ctx):
     else:
         click.echo("metrion: no provider key is stored; starting the demo "
                    "(store one with `metrion keys add ACCOUNT PROVIDER`)")
-        _demo(paths, "127.0.0.1")
+        _demo(paths, "127.0.0.1", {})
 
 
-def _demo(paths, host):
+def _demo(paths, host, ports):
     from ..fakes import HANDLERS, FakeUpstream
     from ..serve import ServeConfig, run as run_proxy
 
@@ -58,7 +62,8 @@ def _demo(paths, host):
         if old["name"] == "demo" and old["revoked"] is None:
             tokens.revoke(db, old["id"])
     token, _ = tokens.create(db, account["id"], "demo")
-    base = f"http://{host}:{DEFAULT_PORTS['openai']}"
+    ports = {name: ports.get(name, DEFAULT_PORTS[name]) for name in fakes}
+    base = f"http://{host}:{ports['openai']}"
     click.echo(f"""
 Demo: fake providers answer instead of the real ones. Your demo token: {token}
 
@@ -78,7 +83,7 @@ Each request becomes a row of `requests` in {paths.metrion_db}.
 """, err=False)
     try:
         code = run_proxy(ServeConfig(data_dir=str(paths.data_dir), host=host,
-                                     ports={n: DEFAULT_PORTS[n] for n in fakes},
+                                     ports=ports,
                                      upstreams={n: f.url for n, f in fakes.items()}))
     finally:
         for fake in fakes.values():

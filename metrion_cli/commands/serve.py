@@ -4,7 +4,7 @@ from .. import PROVIDER_NAMES
 from ..serve import DEFAULT_PORTS
 
 
-def _pairs(values, convert, what):
+def parse_pairs(values, convert, what):
     result = {}
     for value in values:
         name, sep, rest = value.partition("=")
@@ -36,8 +36,8 @@ def serve(paths, host, ports, upstreams):
     from ..serve import ServeConfig, run
 
     config = ServeConfig(
-        data_dir=str(paths.data_dir), host=host, ports=_pairs(ports, int, "PORT"),
-        upstreams=_pairs(upstreams, str, "URL"))
+        data_dir=str(paths.data_dir), host=host, ports=parse_pairs(ports, int, "PORT"),
+        upstreams=parse_pairs(upstreams, str, "URL"))
     raise SystemExit(run(config))
 
 

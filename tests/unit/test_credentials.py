@@ -1,0 +1,73 @@
+"""Credentials against a real (temporary) data directory, driven with taddons."""
+
+import json
+
+import pytest
+from mitmproxy.test import taddons
+
+from addons.credentials import Credentials
+from addons.router import Router
+from addons.store import Store
+from metrion_cli import accounts, db as dbmod, tokens
+from metrion_cli.paths import resolve
+from metrion_cli.vault import Vault, load_keyring
+
+from .helpers import openai_flow
+
+KEY = "sk-test-unit-0000000000001234"
+
+
+@pytest.fixture
+def setup(data_dir):
+    paths = resolve(data_dir)
+    dbmod.initialise(paths)
+    load_keyring(create=True)
+    vault = Vault.open(paths)
+    db = dbmod.open_metrion(paths)
+    accounts.ensure(db, accounts.DEFAULT_ACCOUNT)
+    acme = accounts.add(db, "acme")
+    vault.put(acme["id"], "openai", KEY)
+    token, _ = tokens.create(db, acme["id"])
+    store, router = Store(), Router()
+    credentials = Credentials(store)
+    with taddons.context(store, router, credentials) as tctx:
+        tctx.configure(store, metrion_data_dir=str(data_dir))
+        yield tctx, store, router, credentials, token
+        store.done()
+
+
+def run(router, credentials, flow):
+    router.request(flow)
+    credentials.request(flow)
+    return flow
+
+
+def test_token_is_swapped_for_the_stored_key(setup):
+    _, _, router, credentials, token = setup
+    flow = run(router, credentials, openai_flow(headers={"authorization": f"Bearer {token}"}))
+    assert flow.response is None
+    assert flow.request.headers["authorization"] == f"Bearer {KEY}"
+    assert flow.metadata["metrion"]["mode"] == "stored"
+
+
+def test_two_different_credentials_are_refused(setup):
+    _, _, router, credentials, token = setup
+    flow = openai_flow(headers={"authorization": f"Bearer {token}"})
+    flow.request.headers.add("authorization", "Bearer sk-other")
+    run(router, credentials, flow)
+    assert flow.response.status_code == 401
+    assert "two different credentials" in json.loads(flow.response.content)["error"]["message"]
+
+
+def test_a_crash_inside_credentials_fails_closed(setup, monkeypatch):
+    _, store, router, credentials, token = setup
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("addons.credentials.find_credentials", broken)
+    flow = run(router, credentials, openai_flow(headers={"authorization": f"Bearer {token}"}))
+    assert flow.response.status_code == 500
+    body = json.loads(flow.response.content)
+    assert body["error"]["type"] == "server_error" and "not forwarded" in body["error"]["message"]
+    assert token not in flow.response.text
