@@ -1,14 +1,17 @@
 """Recorder: one row per request (answered, refused, failed or abandoned) onto the writer queue.
 
-- JSON responses: model and usage read from a decoded copy of the body; the body itself is
-  never touched.
-- `text/event-stream` responses: `flow.response.stream` is set to a tap that returns every
-  chunk unchanged and feeds a copy to the incremental SSE parser; nothing is buffered.
+- Every upstream response is streamed to the client as it arrives: `flow.response.stream` is a
+  tap that returns each chunk unchanged. Nothing waits for a whole body.
+- `text/event-stream`: the tap feeds the incremental SSE parser and keeps only usage and model.
+- Anything else (JSON, and Gemini's JSON-array stream): the tap keeps a copy up to
+  `MAX_BODY_COPY` bytes, decoded and read for usage once the body is complete.
 - Timings from the request's arrival: `ttfb_ms` to the upstream's response headers,
   `latency_ms` to the last byte.
 - A client that goes away mid-stream leaves a row with `client_aborted` and the usage seen.
 """
 
+import datetime
+import json
 import logging
 import time
 import zlib
@@ -20,9 +23,11 @@ from addons.providers import Usage, json_object
 from addons.sse import SSEParser
 from addons.store import Store
 from metrion_cli.db import isoformat
-import datetime
 
 logger = logging.getLogger("metrion")
+
+# A JSON body larger than this passes through whole, but its usage goes unread (and noted).
+MAX_BODY_COPY = 16 * 1024 * 1024
 
 
 def incremental_decoder(encoding: str):
@@ -41,10 +46,11 @@ def incremental_decoder(encoding: str):
     raise ValueError(f"unsupported content-encoding {encoding!r}")
 
 
-class StreamTap:
-    """The `flow.response.stream` callable: returns each chunk as it came, reads a copy."""
+class SSETap:
+    """The `flow.response.stream` callable for SSE: returns each chunk as it came, reads a copy."""
 
     __slots__ = ("reader", "parser", "decode", "bytes", "broken")
+    streamed = True
 
     def __init__(self, reader: providers.StreamReader, encoding: str) -> None:
         self.reader = reader
@@ -67,6 +73,42 @@ class StreamTap:
                 self.broken = f"usage unreadable: {e!r}"[:300]
         return chunk
 
+    def result(self, provider, path: str) -> tuple[str | None, Usage, str | None]:
+        usage = self.reader.usage()
+        if self.broken:
+            usage.note = self.broken
+        return self.reader.model, usage, self.reader.error
+
+
+class BodyTap:
+    """The `flow.response.stream` callable for other bodies: passes chunks on, keeps a copy."""
+
+    __slots__ = ("chunks", "bytes", "encoding")
+    streamed = False
+
+    def __init__(self, encoding: str) -> None:
+        self.chunks: list[bytes] = []
+        self.bytes = 0
+        self.encoding = encoding
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.bytes += len(chunk)
+        if self.bytes <= MAX_BODY_COPY:
+            self.chunks.append(chunk)
+        return chunk
+
+    def result(self, provider, path: str) -> tuple[str | None, Usage, str | None]:
+        if self.bytes > MAX_BODY_COPY:
+            return None, Usage(note=f"not read: body of {self.bytes} bytes exceeds {MAX_BODY_COPY}"), None
+        raw = b"".join(self.chunks)
+        try:
+            decode = incremental_decoder(self.encoding)
+            body = json.loads(decode(raw) if decode else raw)
+        except (ValueError, zlib.error, RecursionError) as e:
+            return None, Usage(note=f"not read: body is not JSON ({type(e).__name__})"), None
+        model, usage = provider.read_json(path, body)
+        return model, usage, upstream_error_message(body)
+
 
 class Recorder:
     def __init__(self, store: Store) -> None:
@@ -76,10 +118,13 @@ class Recorder:
         meta = flow.metadata.get("metrion")
         if not meta or not meta.get("provider") or flow.response is None:
             return
+        encoding = flow.response.headers.get("content-encoding", "")
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
             reader = providers.get(meta["provider"]).stream_reader(flow.request.path)
-            tap = StreamTap(reader, flow.response.headers.get("content-encoding", ""))
-            meta["tap"] = flow.response.stream = tap
+            tap: SSETap | BodyTap = SSETap(reader, encoding)
+        else:
+            tap = BodyTap(encoding)
+        meta["tap"] = flow.response.stream = tap
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
@@ -135,24 +180,15 @@ def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
     response = flow.response
     model: str | None = None
     usage = Usage()
-    tap: StreamTap | None = meta.get("tap")
+    tap: SSETap | BodyTap | None = meta.get("tap")
     if response is not None and provider.REQUEST_ID_HEADER:
         row["upstream_request_id"] = response.headers.get(provider.REQUEST_ID_HEADER)
     if tap is not None:
-        row["streamed"] = 1
+        row["streamed"] = int(tap.streamed)
         row["response_bytes"] = tap.bytes
-        model, usage = tap.reader.model, tap.reader.usage()
-        if tap.broken:
-            usage.note = tap.broken
-        if tap.reader.error and not row["error"]:
-            row["error"] = f"stream error: {tap.reader.error}"
-    elif response is not None and response.raw_content is not None and not meta.get("refused"):
-        row["response_bytes"] = len(response.raw_content)
-        body = json_object(response.get_content(strict=False) or b"")
-        if body is not None:
-            model, usage = provider.read_json(flow.request.path, body)
-            if response.status_code >= 400 and not row["error"]:
-                row["error"] = upstream_error_message(body)
+        model, usage, upstream_error = tap.result(provider, flow.request.path)
+        if upstream_error and not row["error"] and (tap.streamed or response.status_code >= 400):
+            row["error"] = upstream_error
     if flow.error:
         row["error"] = flow.error.msg[:500]
         row["client_aborted"] = int(flow.client_conn.timestamp_end is not None
@@ -164,7 +200,12 @@ def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
     return row
 
 
-def upstream_error_message(body: dict) -> str | None:
+def upstream_error_message(body) -> str | None:
+    """The message of a provider's error body, whatever its shape (providers.md)."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    if not isinstance(body, dict):
+        return None
     err = body.get("error")
     if isinstance(err, dict):
         err = err.get("message")

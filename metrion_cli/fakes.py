@@ -5,9 +5,11 @@ benchmark and by ``metrion demo`` (``await run_fakes({...})`` or ``python -m met
 openai=8201``).
 
 Layout:
-  * the HTTP/1.1 server (``FakeUpstream``) reads requests with h11, asks the provider handler for a
-    ``Reply`` (status, headers, and either one JSON body or a list of SSE chunks), then writes it,
-    applying the transport behaviour: first-byte delay, delay between chunks, gzip, reset, stall.
+  * the HTTP/1.1 server (``FakeUpstream``) parses requests with h11 (keep-alive, pipelining,
+    chunked request bodies, 100-continue), asks the provider handler for a ``Reply`` (status,
+    headers, and either one JSON body or a list of SSE chunks), then serialises and writes it
+    itself (Content-Length for JSON, one HTTP chunk per SSE event), applying the transport
+    behaviour: first-byte delay, delay between chunks, gzip, reset, stall. No per-request logging.
   * provider handlers are pure functions of (request, behaviour) -> Reply. ``HANDLERS`` maps a
     provider name to a zero-argument factory returning such a callable (a class works). Anthropic,
     Gemini, Mistral and xAI go there later; xAI can subclass ``OpenAIHandler``.

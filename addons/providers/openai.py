@@ -61,7 +61,9 @@ def normalise(usage: dict) -> Usage:
     )
 
 
-def read_json(path: str, body: dict) -> tuple[str | None, Usage]:
+def read_json(path: str, body) -> tuple[str | None, Usage]:
+    if not isinstance(body, dict):
+        return None, Usage(note="not reported: the response is not a JSON object")
     usage = body.get("usage")
     model = body.get("model") if isinstance(body.get("model"), str) else None
     if not isinstance(usage, dict):
