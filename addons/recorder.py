@@ -13,6 +13,7 @@
 import datetime
 import json
 import logging
+import re
 import time
 import zlib
 
@@ -46,32 +47,66 @@ def incremental_decoder(encoding: str):
     raise ValueError(f"unsupported content-encoding {encoding!r}")
 
 
-class SSETap:
-    """The `flow.response.stream` callable for SSE: returns each chunk as it came, reads a copy."""
+_EVENT_END = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
 
-    __slots__ = ("reader", "parser", "decode", "bytes", "broken")
+
+class SSETap:
+    """The `flow.response.stream` callable for SSE: returns each chunk as it came, reads a copy.
+
+    With `hide_event` (the metrion_stream_usage opt-in) it passes whole events instead, holding
+    back an unfinished one, and drops the events `hide_event` names.
+    """
+
+    __slots__ = ("reader", "parser", "decode", "bytes", "broken", "hide_event", "held")
     streamed = True
 
-    def __init__(self, reader: providers.StreamReader, encoding: str) -> None:
+    def __init__(self, reader: providers.StreamReader, encoding: str, hide_event=None) -> None:
         self.reader = reader
         self.parser = SSEParser()
         self.bytes = 0
         self.broken: str | None = None
+        self.hide_event = hide_event if encoding in ("", "identity") else None
+        self.held = b""
         try:
             self.decode = incremental_decoder(encoding)
         except ValueError as e:
             self.decode, self.broken = None, str(e)
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes):
+        if self.hide_event is not None:
+            return self._filter(chunk)
         self.bytes += len(chunk)
-        if chunk and self.broken is None:
-            try:
-                data = self.decode(chunk) if self.decode else chunk
-                for event in self.parser.feed(data):
-                    self.reader.feed(event.event, event.data)
-            except Exception as e:  # a garbled stream must still reach the client unchanged
-                self.broken = f"usage unreadable: {e!r}"[:300]
+        if chunk:
+            self._read(chunk)
         return chunk
+
+    def _read(self, data: bytes) -> bool:
+        """Feeds the usage reader; True when an event to hide was among those read."""
+        if self.broken is not None:
+            return False
+        hide = False
+        try:
+            for event in self.parser.feed(self.decode(data) if self.decode else data):
+                self.reader.feed(event.event, event.data)
+                hide = hide or (self.hide_event is not None and self.hide_event(event.data))
+        except Exception as e:  # a garbled stream must still reach the client unchanged
+            self.broken = f"usage unreadable: {e!r}"[:300]
+        return hide
+
+    def _filter(self, chunk: bytes) -> list[bytes]:
+        data = self.held + chunk
+        cuts = [m.end() for m in _EVENT_END.finditer(data)]
+        if not chunk:
+            cuts.append(len(data))  # the stream is over: whatever is left goes on
+        self.held = data[cuts[-1]:] if cuts else data
+        kept: list[bytes] = []
+        start = 0
+        for stop in cuts:
+            raw, start = data[start:stop], stop
+            if raw and not self._read(raw):
+                kept.append(raw)
+                self.bytes += len(raw)
+        return kept
 
     def result(self, provider, path: str) -> tuple[str | None, Usage, str | None]:
         usage = self.reader.usage()
@@ -121,7 +156,7 @@ class Recorder:
         encoding = flow.response.headers.get("content-encoding", "")
         if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
             reader = providers.get(meta["provider"]).stream_reader(flow.request.path)
-            tap: SSETap | BodyTap = SSETap(reader, encoding)
+            tap: SSETap | BodyTap = SSETap(reader, encoding, meta.get("hide_usage_event"))
         else:
             tap = BodyTap(encoding)
         meta["tap"] = flow.response.stream = tap

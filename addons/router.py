@@ -67,6 +67,8 @@ class Router:
     def __init__(self) -> None:
         self.by_upstream: dict[str, str] = index_upstreams([])
         self._by_mode: dict[str, Route | None] = {}
+        self.fixed_headers = {name: dict(module.FIXED_REQUEST_HEADERS)
+                              for name, module in providers.PROVIDERS.items()}
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -76,7 +78,21 @@ class Router:
             "that provider; without it, the provider's public API.",
         )
 
+        loader.add_option(
+            "metrion_stream_usage", bool, False,
+            "Ask OpenAI-style chat streams for usage (add stream_options.include_usage when the "
+            "client did not), and take the extra usage chunk out of what the client receives. "
+            "Off: such streams are forwarded unchanged and their usage is recorded as not reported.",
+        )
+        loader.add_option(
+            "metrion_anthropic_version", str, providers.get("anthropic").FIXED_REQUEST_HEADERS["anthropic-version"],
+            "The anthropic-version header sent upstream on every Anthropic request, whatever the "
+            "client sent: the one change Metrion makes to a request.",
+        )
+
     def configure(self, updated) -> None:
+        if "metrion_anthropic_version" in updated:
+            self.fixed_headers["anthropic"]["anthropic-version"] = ctx.options.metrion_anthropic_version
         if "metrion_upstream" in updated:
             try:
                 self.by_upstream = index_upstreams(ctx.options.metrion_upstream)
@@ -108,7 +124,19 @@ class Router:
                                            "address; see `metrion serve --help`", "type": "not_found"}}),
                 {"content-type": "application/json"})
             return
-        provider = providers.get(route.provider)
         meta["provider"] = route.provider
-        for name, value in provider.FIXED_REQUEST_HEADERS.items():
+        for name, value in self.fixed_headers[route.provider].items():
             headers[name] = value
+        if ctx.options.metrion_stream_usage:
+            self._ask_for_stream_usage(flow, meta, providers.get(route.provider))
+
+    @staticmethod
+    def _ask_for_stream_usage(flow: http.HTTPFlow, meta: dict, provider) -> None:
+        ask = getattr(provider, "ask_for_stream_usage", None)
+        body = flow.request.raw_content
+        if ask is None or not body or flow.request.headers.get("content-encoding"):
+            return
+        changed = ask(flow.request.path, body)
+        if changed is not None:
+            flow.request.content = changed
+            meta["hide_usage_event"] = provider.is_usage_only_event

@@ -17,7 +17,7 @@ DEFAULT_PORTS = {"openai": 8101, "anthropic": 8102, "gemini": 8103, "mistral": 8
 class ServeConfig:
     data_dir: str
     host: str = "127.0.0.1"
-    ports: dict[str, int] = field(default_factory=dict)       # provider -> listen port
+    ports: dict[str, int | None] = field(default_factory=dict)  # provider -> port; None = off
     upstreams: dict[str, str] = field(default_factory=dict)   # provider -> upstream URL
     extra_options: dict = field(default_factory=dict)         # any other mitmproxy option
 
@@ -27,7 +27,7 @@ def proxy_options(config: ServeConfig, providers: list[str], defaults: dict[str,
     modes = []
     for name in providers:
         port = config.ports.get(name, DEFAULT_PORTS.get(name))
-        if port is None or port == 0 and name not in config.ports:
+        if port is None:
             continue
         upstream = config.upstreams.get(name, defaults[name])
         modes.append(f"reverse:{upstream}@{config.host}:{port}")

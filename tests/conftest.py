@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from metrion_cli import PROVIDER_NAMES
 from metrion_cli.cli import cli
 from metrion_cli.fakes import FakeUpstream
 from metrion_cli.vault import format_key
@@ -173,8 +174,11 @@ def start_gateway(data_dir, secrets_used):
     def start(upstreams: dict[str, str], extra: list[str] = ()) -> Gateway:
         ports = {name: free_port() for name in upstreams}
         args = [str(VENV_BIN / "metrion"), "serve"]
-        for name, url in upstreams.items():
-            args += ["--port", f"{name}={ports[name]}", "--upstream", f"{name}={url}"]
+        for name in PROVIDER_NAMES:
+            if name in upstreams:
+                args += ["--port", f"{name}={ports[name]}", "--upstream", f"{name}={upstreams[name]}"]
+            else:
+                args += ["--port", f"{name}=off"]
         gateway = Gateway(args + list(extra), data_dir, secrets_used, ports)
         started.append(gateway)
         return gateway

@@ -102,10 +102,14 @@ def json_object(data: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-from . import openai  # noqa: E402  (the registry needs the helpers above)
+from . import anthropic, gemini, mistral, openai, xai  # noqa: E402  (they use the helpers above)
 
 PROVIDERS: dict[str, ModuleType] = {
     "openai": openai,
+    "anthropic": anthropic,
+    "gemini": gemini,
+    "mistral": mistral,
+    "xai": xai,
 }
 
 

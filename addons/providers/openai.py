@@ -86,6 +86,34 @@ _RESPONSE_EVENTS = frozenset(
      "response.failed"})
 
 
+def ask_for_stream_usage(path: str, body: bytes) -> bytes | None:
+    """With `metrion_stream_usage` on: a chat stream request without include_usage, with it.
+
+    The option is added as the first key, so every other byte of the body stays as sent.
+    """
+    if not path.split("?", 1)[0].endswith("/chat/completions"):
+        return None
+    obj = json_object(body)
+    if obj is None or obj.get("stream") is not True:
+        return None
+    options = obj.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None
+    if options is None:
+        at = body.index(b"{") + 1
+        return body[:at] + b'"stream_options":{"include_usage":true},' + body[at:]
+    obj["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return json.dumps(obj).encode()
+
+
+def is_usage_only_event(data: bytes) -> bool:
+    """The extra chunk include_usage adds: `choices: []` and the usage, just before [DONE]."""
+    if not _mentions_usage(data):
+        return False
+    obj = json_object(data)
+    return obj is not None and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
 class StreamReader:
     """Chat streams: the last non-null `usage` (the `choices: []` chunk before [DONE]).
     Responses streams: `response.usage` of response.completed / incomplete / failed."""

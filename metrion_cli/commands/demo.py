@@ -20,9 +20,9 @@ def demo(paths, host, ports):
     Example:
       metrion demo      # then paste the printed curl command
     """
-    from .serve import parse_pairs
+    from .serve import parse_pairs, port_or_off
 
-    _demo(paths, host, parse_pairs(ports, int, "PORT"))
+    _demo(paths, host, parse_pairs(ports, port_or_off, "PORT"))
 
 
 @click.command()

@@ -18,10 +18,14 @@ def parse_pairs(values, convert, what):
     return result
 
 
+def port_or_off(value: str) -> int | None:
+    return None if value == "off" else int(value)
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the listeners bind to.")
-@click.option("--port", "ports", multiple=True, metavar="PROVIDER=PORT",
-              help="Listen port of a provider's reverse listener (repeatable). Defaults: "
+@click.option("--port", "ports", multiple=True, metavar="PROVIDER=PORT|off",
+              help="Listen port of a provider's reverse listener, or off (repeatable). Defaults: "
               + ", ".join(f"{k} {v}" for k, v in DEFAULT_PORTS.items()) + ".")
 @click.option("--upstream", "upstreams", multiple=True, metavar="PROVIDER=URL",
               help="Send a provider's requests here instead of its public API (repeatable).")
@@ -36,7 +40,7 @@ def serve(paths, host, ports, upstreams):
     from ..serve import ServeConfig, run
 
     config = ServeConfig(
-        data_dir=str(paths.data_dir), host=host, ports=parse_pairs(ports, int, "PORT"),
+        data_dir=str(paths.data_dir), host=host, ports=parse_pairs(ports, port_or_off, "PORT"),
         upstreams=parse_pairs(upstreams, str, "URL"))
     raise SystemExit(run(config))
 
