@@ -29,8 +29,13 @@ def port_or_off(value: str) -> int | None:
               + ", ".join(f"{k} {v}" for k, v in DEFAULT_PORTS.items()) + ".")
 @click.option("--upstream", "upstreams", multiple=True, metavar="PROVIDER=URL",
               help="Send a provider's requests here instead of its public API (repeatable).")
+@click.option("--stream-usage", is_flag=True,
+              help="Ask OpenAI-style chat streams for usage when the client did not (adds "
+              "stream_options.include_usage) and hide the extra usage chunk from the client.")
+@click.option("--anthropic-version", metavar="VERSION",
+              help="The anthropic-version sent upstream (default 2023-06-01).")
 @click.pass_obj
-def serve(paths, host, ports, upstreams):
+def serve(paths, host, ports, upstreams, stream_usage, anthropic_version):
     """Run the gateway: one reverse-proxy listener per provider.
 
     \b
@@ -41,7 +46,9 @@ def serve(paths, host, ports, upstreams):
 
     config = ServeConfig(
         data_dir=str(paths.data_dir), host=host, ports=parse_pairs(ports, port_or_off, "PORT"),
-        upstreams=parse_pairs(upstreams, str, "URL"))
+        upstreams=parse_pairs(upstreams, str, "URL"),
+        extra_options={"metrion_stream_usage": stream_usage,
+                       **({"metrion_anthropic_version": anthropic_version} if anthropic_version else {})})
     raise SystemExit(run(config))
 
 
