@@ -62,25 +62,18 @@ class Announce:
         print("metrion: ready", flush=True)
 
 
-async def _run(config: ServeConfig) -> int:
+async def run_lean_master(settings: dict, extra_addons: list) -> int:
+    """mitmproxy's five core addons plus `extra_addons`, with `settings` applied; runs until
+    SIGTERM/SIGINT. Without extra addons it is the ceiling the benchmark compares against."""
     from mitmproxy import exceptions, master, options
     from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
-    from addons import providers
-    from addons.metrion import make_addons
-    from addons.router import parse_upstreams
-
     opts = options.Options()
     proxy = master.Master(opts, with_termlog=True)
-    upstreams = parse_upstreams([f"{k}={v}" for k, v in config.upstreams.items()])
     proxy.addons.add(
         core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
-        *make_addons(),
-        Announce({v.rstrip("/").lower(): k for k, v in upstreams.items()}),
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *extra_addons,
     )
-    settings = proxy_options(config, list(providers.PROVIDERS), upstreams)
-    settings["confdir"] = str(config_confdir(config))
     try:
         opts.update(**settings)
     except exceptions.OptionsError as e:
@@ -99,6 +92,18 @@ async def _run(config: ServeConfig) -> int:
     return 0
 
 
+async def _run(config: ServeConfig) -> int:
+    from addons import providers
+    from addons.metrion import make_addons
+    from addons.router import parse_upstreams
+
+    upstreams = parse_upstreams([f"{k}={v}" for k, v in config.upstreams.items()])
+    settings = proxy_options(config, list(providers.PROVIDERS), upstreams)
+    settings["confdir"] = str(config_confdir(config))
+    announce = Announce({v.rstrip("/").lower(): k for k, v in upstreams.items()})
+    return await run_lean_master(settings, [*make_addons(), announce])
+
+
 def _quiet_cancellations(loop, context) -> None:
     if isinstance(context.get("exception"), asyncio.CancelledError):
         return
@@ -112,7 +117,11 @@ def config_confdir(config: ServeConfig):
 
 
 def run(config: ServeConfig) -> int:
+    return run_until_stopped(_run(config))
+
+
+def run_until_stopped(main) -> int:
     try:
-        return asyncio.run(_run(config))
+        return asyncio.run(main)
     except SystemExit as e:  # errorcheck exits when start-up logged an error (a port in use)
         return int(e.code or 0)
