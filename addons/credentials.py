@@ -74,7 +74,8 @@ class Credentials:
             token = directory.tokens.get(hash_token(credential))
             if token is None or token.revoked:
                 return refuse(flow, "invalid_token", "unknown or revoked Metrion token")
-            meta.update(account_id=token.account_id, token_id=token.token_id, mode="stored")
+            meta.update(account_id=token.account_id, token_id=token.token_id, token_rpm=token.rpm,
+                        mode="stored")
             stored = directory.keys.get((token.account_id, provider.NAME))
             if stored is None:
                 account = directory.accounts.get(token.account_id)
@@ -98,6 +99,6 @@ class Credentials:
             token = directory.tokens.get(hash_token(claimed))
             if token is None or token.revoked:
                 return refuse(flow, "invalid_token", "unknown or revoked Metrion token in x-metrion-token")
-            meta.update(account_id=token.account_id, token_id=token.token_id)
+            meta.update(account_id=token.account_id, token_id=token.token_id, token_rpm=token.rpm)
             return
         meta["account_id"] = directory.fingerprints.get(key_fp, directory.default_account_id)

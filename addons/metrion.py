@@ -4,6 +4,7 @@
 """
 
 from addons.credentials import Credentials
+from addons.quota import Quota
 from addons.recorder import Recorder
 from addons.router import Router
 from addons.store import Store
@@ -11,7 +12,7 @@ from addons.store import Store
 
 def make_addons() -> list:
     store = Store()
-    return [store, Router(), Credentials(store), Recorder(store)]
+    return [store, Router(), Credentials(store), Quota(store), Recorder(store)]
 
 
 addons = make_addons()

@@ -203,6 +203,7 @@ def base_row(flow: http.HTTPFlow, meta: dict) -> dict:
         "key_fingerprint": meta.get("key_fingerprint"),
         "error": meta.get("error"),
         "client_aborted": 0,
+        "month": meta.get("month"),
     }
 
 

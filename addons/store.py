@@ -9,14 +9,17 @@
 """
 
 import asyncio
+import datetime
 import logging
 import os
+from collections.abc import Callable
 
 from mitmproxy import ctx, exceptions
 
 from metrion_cli import db as dbmod
 from metrion_cli import directory as directorymod
 from metrion_cli.paths import Paths, resolve
+from metrion_cli.quota import month_of
 from metrion_cli.vault import MasterKeyError, Vault
 from metrion_cli.writer import Writer
 
@@ -25,8 +28,13 @@ logger = logging.getLogger("metrion")
 RELOAD_INTERVAL = 0.25
 
 
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], datetime.datetime] = utc_now) -> None:
+        self.now = clock  # injectable, so tests can cross a month boundary
         self.paths: Paths | None = None
         self.vault: Vault | None = None
         self.directory = directorymod.Directory()
@@ -46,7 +54,7 @@ class Store:
         paths = resolve(ctx.options.metrion_data_dir)
         try:
             vault = Vault.open(paths)
-            directory = directorymod.load(paths, vault)
+            directory = directorymod.load(paths, vault, usage_month=month_of(self.now()))
         except (dbmod.NotInitialised, MasterKeyError) as e:
             raise exceptions.OptionsError(f"metrion_data_dir={paths.data_dir}: {e}") from None
         self._close_writer()

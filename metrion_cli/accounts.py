@@ -45,6 +45,39 @@ def listing(db: Database) -> list[dict]:
 
 
 def monthly_cap(account: dict) -> int | None:
+    """The cap in force: none when uncapped, else the account's own, else its plan's."""
+    if account.get("uncapped"):
+        return None
     if account.get("monthly_cap") is not None:
         return account["monthly_cap"]
     return PLAN_MONTHLY_CAP[account["plan"]]
+
+
+def set_plan(db: Database, name: str, plan: str) -> dict:
+    if plan not in PLANS:
+        raise ValueError(f"unknown plan {plan!r}; choose one of {', '.join(PLANS)}")
+    account = get(db, name)
+    db.execute("UPDATE accounts SET plan = ? WHERE id = ?", [plan, account["id"]])
+    return get(db, account["id"])
+
+
+def set_cap(db: Database, name: str, cap: int | str | None) -> dict:
+    """cap: a number of requests a month, "none" for no cap, or None for the plan's cap."""
+    account = get(db, name)
+    if cap == "none":
+        values = [None, 1]
+    elif cap is None:
+        values = [None, 0]
+    else:
+        if int(cap) < 0:
+            raise ValueError("a monthly cap cannot be negative")
+        values = [int(cap), 0]
+    db.execute("UPDATE accounts SET monthly_cap = ?, uncapped = ? WHERE id = ?", [*values, account["id"]])
+    return get(db, account["id"])
+
+
+def set_rpm(db: Database, name: str, rpm: int | None) -> dict:
+    """rpm: requests per minute per token, 0 for no limit, None for the instance default."""
+    account = get(db, name)
+    db.execute("UPDATE accounts SET rpm = ? WHERE id = ?", [rpm, account["id"]])
+    return get(db, account["id"])

@@ -31,6 +31,7 @@ class AccountEntry(NamedTuple):
     name: str
     plan: str
     monthly_cap: int | None  # the effective cap: override, else the plan's; None = no cap
+    rpm: int | None          # per-token requests/minute; None = instance default, 0 = none
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Directory:
     fingerprints: dict[str, int] = field(default_factory=dict)             # key fingerprint -> account
     accounts: dict[int, AccountEntry] = field(default_factory=dict)
     default_account_id: int | None = None
+    usage_month: str = ""                                                  # YYYY-MM of requests_this_month
+    requests_this_month: dict[int, int] = field(default_factory=dict)     # account -> forwarded
     instance_secret: bytes = b""
     version: tuple[int, int] = (0, 0)
 
@@ -51,15 +54,16 @@ def read_version(metrion: sqlite3.Connection, vault: sqlite3.Connection) -> tupl
     )
 
 
-def load(paths: Paths, vault: Vault) -> Directory:
+def load(paths: Paths, vault: Vault, usage_month: str | None = None) -> Directory:
+    """usage_month (YYYY-MM): also read each account's forwarded requests of that month."""
     conn = connect(paths.metrion_db)
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("BEGIN")  # one consistent read of all tables
         version = read_version(conn, vault.db.conn)
         directory = Directory(version=version, instance_secret=vault.instance_secret)
-        for row in conn.execute("SELECT id, name, plan, monthly_cap FROM accounts"):
-            entry = AccountEntry(row["name"], row["plan"], accountsmod.monthly_cap(dict(row)))
+        for row in conn.execute("SELECT id, name, plan, monthly_cap, uncapped, rpm FROM accounts"):
+            entry = AccountEntry(row["name"], row["plan"], accountsmod.monthly_cap(dict(row)), row["rpm"])
             directory.accounts[row["id"]] = entry
             if row["name"] == accountsmod.DEFAULT_ACCOUNT:
                 directory.default_account_id = row["id"]
@@ -68,6 +72,9 @@ def load(paths: Paths, vault: Vault) -> Directory:
                 row["id"], row["account_id"], row["revoked"] is not None, row["rpm"])
         for row in conn.execute("SELECT account_id, fingerprint FROM registered_keys"):
             directory.fingerprints[row["fingerprint"]] = row["account_id"]
+        directory.usage_month = month = usage_month or ""
+        for row in conn.execute("SELECT account_id, requests FROM usage_monthly WHERE month = ?", [month]):
+            directory.requests_this_month[row["account_id"]] = row["requests"]
         conn.execute("COMMIT")
     finally:
         conn.close()

@@ -159,3 +159,15 @@ def v001_initial(db: Database) -> None:
         CREATE TRIGGER provider_keys_del AFTER DELETE ON provider_keys BEGIN {_VAULT_BUMP} END;
         """
     )
+
+
+@metrion()
+def m002_account_limits(db: Database) -> None:
+    # uncapped: no monthly cap whatever the plan (`metrion quota set ACCOUNT none`);
+    # rpm: the account's per-token requests/minute, NULL = the instance default, 0 = no limit.
+    db.executescript(
+        """
+        ALTER TABLE accounts ADD COLUMN uncapped INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE accounts ADD COLUMN rpm INTEGER;
+        """
+    )

@@ -64,7 +64,8 @@ class Writer:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 logger.error("metrion writer: queue full, %d rows dropped so far", self.dropped)
             return
-        self._queue.put(tuple(row.get(c) for c in REQUEST_COLUMNS))
+        # The month a request counts in is the one Quota counted it in (its clock), else its ts.
+        self._queue.put((*(row.get(c) for c in REQUEST_COLUMNS), row.get("month") or row["ts"][:7]))
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush everything queued, then stop the thread."""
@@ -108,12 +109,12 @@ class Writer:
     def _commit(self) -> bool:
         batch = self._pending
         usage: dict[tuple[int, str], list[int]] = {}
-        ts_i, account_i, forwarded_i = (REQUEST_COLUMNS.index(c) for c in ("ts", "account_id", "forwarded"))
+        account_i, forwarded_i = REQUEST_COLUMNS.index("account_id"), REQUEST_COLUMNS.index("forwarded")
         in_i, out_i = REQUEST_COLUMNS.index("input_tokens"), REQUEST_COLUMNS.index("output_tokens")
         for row in batch:
             if row[account_i] is None:
                 continue
-            totals = usage.setdefault((row[account_i], row[ts_i][:7]), [0, 0, 0])
+            totals = usage.setdefault((row[account_i], row[-1]), [0, 0, 0])
             totals[0] += 1 if row[forwarded_i] else 0
             totals[1] += row[in_i] or 0
             totals[2] += row[out_i] or 0
@@ -121,7 +122,7 @@ class Writer:
         assert conn is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_INSERT, batch)
+            conn.executemany(_INSERT, [row[:-1] for row in batch])
             conn.executemany(_UPSERT_USAGE, [(a, m, *t) for (a, m), t in usage.items()])
             conn.execute("COMMIT")
         except sqlite3.Error as e:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import VENV_BIN
+from conftest import VENV_BIN, assert_no_secrets
 from metrion_cli.cli import cli
 
 
@@ -32,7 +32,7 @@ def test_tokens_are_stored_only_as_hashes(run_cli, data_dir, secrets_used):
     assert token.startswith("mtr_") and len(token) > 40
     listing = run_cli("tokens", "list").output
     assert token[:12] in listing and token not in listing
-    assert token.encode() not in (data_dir / "metrion.db").read_bytes()
+    assert_no_secrets([token], [data_dir], "")
     shown = run_cli("accounts", "show", "acme").output
     assert "plan:        pro" in shown and "monthly cap: none" in shown
 
@@ -57,7 +57,7 @@ def test_keys_are_read_from_stdin_and_shown_by_last4_only(run_cli, data_dir):
     assert "...9876" in run_cli("keys", "add", "acme", "openai", input=key + "\n").output
     listing = run_cli("keys", "list").output
     assert "...9876" in listing and key not in listing
-    assert key.encode() not in (data_dir / "vault.db").read_bytes()
+    assert_no_secrets([key], [data_dir], listing)
     assert run_cli("keys", "list", "--count").output.strip() == "1"
     run_cli("keys", "remove", "acme", "openai")
     assert run_cli("keys", "list", "--count").output.strip() == "0"

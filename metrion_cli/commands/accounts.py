@@ -62,5 +62,21 @@ def show(paths, account):
     table(tokens.listing(db, row["id"]), ["id", "prefix", "name", "rpm", "created", "revoked"])
 
 
+@accounts.command("plan")
+@click.argument("account")
+@click.argument("plan", type=click.Choice(lib.PLANS))
+@pass_paths
+def plan(paths, account, plan):
+    """Move ACCOUNT to another plan (free: 10,000 requests a month; pro: no cap).
+
+    \b
+    Example:
+      metrion accounts plan acme pro
+    """
+    row = lib.set_plan(open_db(paths), account, plan)
+    cap = lib.monthly_cap(row)
+    click.echo(f"account {row['name']} is on plan {row['plan']} (monthly cap: {'none' if cap is None else cap})")
+
+
 def register(cli):
     cli.add_command(accounts)

@@ -5,8 +5,11 @@ from . import open_db, pass_paths, table
 
 
 def _rpm(value):
-    if value is None or value == "none":
+    """None: the account's limit applies; "none": no limit (stored as 0)."""
+    if value is None:
         return None
+    if value == "none":
+        return 0
     if not value.isdigit() or int(value) < 1:
         raise click.BadParameter("expected a positive number of requests per minute, or none")
     return int(value)
@@ -20,7 +23,8 @@ def tokens():
 @tokens.command("create")
 @click.argument("account")
 @click.option("--name", help="A label, e.g. the application using it.")
-@click.option("--rpm", help="Requests per minute for this token, or none.")
+@click.option("--rpm", help="Requests per minute for this token, or none for no limit "
+              "(default: the account's limit, else 100).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the token.")
 @pass_paths
 def create(paths, account, name, rpm, quiet):

@@ -1,0 +1,74 @@
+"""Quota with an injected clock: a month boundary crossed without waiting."""
+
+import datetime
+import json
+
+import pytest
+from mitmproxy.test import taddons
+
+from addons.credentials import Credentials
+from addons.quota import Quota
+from addons.router import Router
+from addons.store import Store
+from metrion_cli import accounts, db as dbmod, tokens
+from metrion_cli.paths import resolve
+from metrion_cli.vault import Vault, load_keyring
+
+from .helpers import openai_flow
+
+
+class Clock:
+    def __init__(self, moment):
+        self.moment = moment
+
+    def __call__(self):
+        return self.moment
+
+
+@pytest.fixture
+def chain(data_dir):
+    paths = resolve(data_dir)
+    dbmod.initialise(paths)
+    load_keyring(create=True)
+    vault = Vault.open(paths)
+    db = dbmod.open_metrion(paths)
+    accounts.ensure(db, accounts.DEFAULT_ACCOUNT)
+    acme = accounts.add(db, "acme")
+    accounts.set_cap(db, "acme", 2)
+    vault.put(acme["id"], "openai", "sk-test-quota-unit-0001")
+    token, _ = tokens.create(db, acme["id"])
+    clock = Clock(datetime.datetime(2026, 11, 30, 23, 59, 58, tzinfo=datetime.timezone.utc))
+    store = Store(clock)
+    addons = [store, Router(), Credentials(store), Quota(store)]
+    with taddons.context(*addons) as tctx:
+        tctx.configure(store, metrion_data_dir=str(data_dir))
+
+        def send():
+            flow = openai_flow(headers={"authorization": f"Bearer {token}"})
+            for addon in addons[1:]:
+                addon.request(flow)
+            return flow
+
+        yield send, clock, store
+        store.done()
+
+
+def test_cap_then_rollover_at_the_first(chain):
+    send, clock, _ = chain
+    assert [send().response for _ in range(2)] == [None, None]
+    refused = send().response
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "2"  # 23:59:58 -> 00:00:00
+    assert "2026-12-01T00:00:00Z" in json.loads(refused.content)["error"]["message"]
+    clock.moment = datetime.datetime(2026, 12, 1, 0, 0, 1, tzinfo=datetime.timezone.utc)
+    assert send().response is None
+    flow = send()
+    assert flow.response is None and flow.metadata["metrion"]["month"] == "2026-12"
+    assert send().response.status_code == 429
+
+
+def test_a_crash_inside_quota_fails_closed(chain, monkeypatch):
+    send, _, store = chain
+    monkeypatch.setattr(store, "now", lambda: 1 / 0)
+    response = send().response
+    assert response.status_code == 500 and "Quota" in json.loads(response.content)["error"]["message"]
