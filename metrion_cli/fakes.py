@@ -11,8 +11,11 @@ Layout:
     itself (Content-Length for JSON, one HTTP chunk per SSE event), applying the transport
     behaviour: first-byte delay, delay between chunks, gzip, reset, stall. No per-request logging.
   * provider handlers are pure functions of (request, behaviour) -> Reply. ``HANDLERS`` maps a
-    provider name to a zero-argument factory returning such a callable (a class works). Anthropic,
-    Gemini, Mistral and xAI go there later; xAI can subclass ``OpenAIHandler``.
+    provider name to a zero-argument factory returning such a callable (a class works):
+    ``openai``, ``anthropic``, ``gemini``, ``mistral`` and ``xai``. They share ``ProviderHandler``
+    (dispatch, forced errors, reply building); Mistral, xAI and Gemini's OpenAI-compatible route
+    subclass ``OpenAIHandler``. Reply tokens are deterministic functions of the request (prompt
+    words, Behaviour.chunks), so tests can predict every usage number.
 
 Per-request control headers (they override ``FakeUpstream.behaviour`` for that request):
 ``x-fake-status``, ``x-fake-chunk-delay-ms``, ``x-fake-chunks``, ``x-fake-reset-after-chunks``,
@@ -35,6 +38,8 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -44,13 +49,19 @@ from typing import Any, Callable
 import h11
 
 __all__ = [
+    "AnthropicHandler",
     "Behaviour",
     "FakeUpstream",
+    "GeminiHandler",
+    "GeminiOpenAIHandler",
     "HANDLERS",
+    "MistralHandler",
     "OpenAIHandler",
+    "ProviderHandler",
     "ReceivedRequest",
     "Reply",
     "SentResponse",
+    "XAIHandler",
     "main",
     "run_fakes",
 ]
@@ -87,7 +98,10 @@ class SentResponse:
     body: bytes
     usage: dict | None  # the usage object reported in the bytes written so far (None if none)
     model: str | None
-    request_id: str | None  # the request-id header value sent (x-request-id for OpenAI)
+    # the upstream request id: the request-id header sent (x-request-id for OpenAI, request-id for
+    # Anthropic, mistral-correlation-id for Mistral); Gemini and xAI send none, so there it is the
+    # response id in the body (responseId / id), None where the body has none
+    request_id: str | None
     chunk_times: list[float]  # time.monotonic() when each chunk was written (one for non-stream)
 
 
@@ -263,23 +277,320 @@ def effective_behaviour(base: Behaviour, req: ReceivedRequest) -> Behaviour:
 
 
 # --------------------------------------------------------------------------------------------
+# Shared handler machinery
+# --------------------------------------------------------------------------------------------
+
+Route = Callable[[ReceivedRequest, Behaviour, str], Reply]
+
+_DEFAULT_BEHAVIOUR = Behaviour()
+_SAME = object()  # reply builders: "the request id, if the provider sends it in a header"
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def new_b62(n: int) -> str:
+    return "".join(_B62[x % 62] for x in os.urandom(n))
+
+
+def n_words(b: Behaviour) -> int:
+    """How many reply words (= content delta chunks) this request gets."""
+    return min(b.chunks if b.chunks is not None else DEFAULT_CHUNKS, MAX_CHUNKS)
+
+
+def delta_text(i: int, word: str) -> str:
+    """The text of content delta ``i``: the words joined by single spaces."""
+    return word if i == 0 else " " + word
+
+
+def message_tokens(messages: list) -> int:
+    """Prompt tokens of a message list: 3 per message plus the words of its content (min 1)."""
+    n = 0
+    for m in messages:
+        n += 3 + (count_words(m.get("content")) if isinstance(m, dict) else 0)
+    return max(1, n)
+
+
+def processing_ms(b: Behaviour) -> str:
+    return str(max(1, round(b.first_byte_delay * 1000)))
+
+
+def sse_data(obj: Any, eol: bytes = b"\n") -> bytes:
+    """One data-only SSE event."""
+    return b"data: " + dumps(obj) + eol + eol
+
+
+def sse_event(name: str, obj: Any) -> bytes:
+    """One SSE event with an ``event:`` line."""
+    return b"event: " + name.encode("ascii") + b"\ndata: " + dumps(obj) + b"\n\n"
+
+
+def find_values(obj: Any, key: str) -> list:
+    """Every value stored under ``key`` anywhere in a parsed JSON document."""
+    found = []
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k == key:
+                    found.append(v)
+                stack.append(v)
+        elif isinstance(o, list):
+            stack.extend(o)
+    return found
+
+
+def missing_field(body: dict, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` absent from ``body`` (or null), else None."""
+    for name in names:
+        if body.get(name) is None:
+            return name
+    return None
+
+
+def query_param(req: ReceivedRequest, name: str) -> str | None:
+    _, sep, query = req.path.partition("?")
+    if not sep:
+        return None
+    values = urllib.parse.parse_qs(query).get(name)
+    return values[0] if values else None
+
+
+def bearer(req: ReceivedRequest) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or None."""
+    auth = req.header("authorization")
+    if not auth:
+        return None
+    scheme, _, token = auth.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def key_ok(key: str | None, prefixes: tuple[str, ...]) -> bool:
+    """Whether the fake accepts ``key``: one of ``prefixes`` followed by something."""
+    return key is not None and any(key.startswith(p) and len(key) > len(p) for p in prefixes)
+
+
+def embedding_bytes(key: bytes, dims: int) -> bytes:
+    """A deterministic unit vector for ``key``, as little-endian float32 bytes."""
+    raw = hashlib.blake2b(key, digest_size=64).digest()
+    vals = [(raw[i % 64] - 127.5) / 127.5 + (i // 64) * 1e-3 for i in range(dims)]
+    norm = math.sqrt(sum(v * v for v in vals)) or 1.0
+    return struct.pack(f"<{dims}f", *(v / norm for v in vals))
+
+
+def embedding_floats(key: bytes, dims: int) -> list[float]:
+    return list(struct.unpack(f"<{dims}f", embedding_bytes(key, dims)))
+
+
+def valid_dims(value: Any, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096:
+        return value
+    return default
+
+
+class ProviderHandler:
+    """Base of the provider handlers: dispatch, request ids, errors and reply building.
+
+    ``__call__`` answers a forced status (Behaviour.status) with ``forced_error``, finds the route
+    for the path (query string ignored) with ``find_route`` (404 via ``not_found``), checks the
+    credentials with ``check_auth`` and calls ``route(request, behaviour, request_id)``.
+    A subclass provides ``routes``, ``error`` (the provider's error shape), ``base_headers`` and
+    ``check_auth``; ``ERRORS`` maps a status to (error kind, message) for forced errors.
+
+    ``Reply.request_id`` (so ``SentResponse.request_id``) is the provider's upstream request id
+    as providers.md §1 defines it: the ``REQUEST_ID_HEADER`` value where the provider sends one,
+    else the response id in the body (Gemini ``responseId``, xAI ``id``), else None.
+    """
+
+    provider = ""
+    REQUEST_ID_HEADER: str | None = None
+    JSON_TYPE = "application/json"
+    SSE_TYPE = "text/event-stream; charset=utf-8"
+    # model name -> dated snapshot reported in responses; other names are returned as given
+    SNAPSHOTS: dict[str, str] = {}
+    # status -> (error kind, message) used by forced_error; "{model}" is the request's model
+    ERRORS: dict[int, tuple[str, str]] = {}
+    BAD_JSON_MESSAGE = "The request body is not valid JSON."
+    MODELS_PATH: str | None = "/v1/models"  # GET MODELS_PATH/{id} routes to retrieve_model
+    routes: dict[tuple[str, str], Route]
+
+    # ---- entry point ----
+
+    def __call__(self, req: ReceivedRequest, b: Behaviour) -> Reply:
+        rid = self.new_request_id()
+        if b.status is not None:
+            return self.forced_error(b.status, req, b, rid)
+        path = req.path.split("?", 1)[0]
+        route = self.find_route(req.method, path)
+        if route is None:
+            return self.not_found(req, path, rid, b)
+        denied = self.check_auth(req, rid, b)
+        if denied is not None:
+            return denied
+        return route(req, b, rid)
+
+    def new_request_id(self) -> str:
+        return "req_" + new_hex()
+
+    def find_route(self, method: str, path: str) -> Route | None:
+        route = self.routes.get((method, path))
+        models = self.MODELS_PATH
+        if route is None and models and method == "GET" and path.startswith(models + "/") \
+                and len(path) > len(models) + 1:
+            route = self.retrieve_model  # type: ignore[attr-defined]
+        return route
+
+    def model_id_in_path(self, req: ReceivedRequest) -> str:
+        return req.path.split("?", 1)[0][len(self.MODELS_PATH or "") + 1:]
+
+    def not_found(self, req: ReceivedRequest, path: str, rid: str, b: Behaviour) -> Reply:
+        return self.error(404, rid, "Not Found", b=b)
+
+    def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
+        return None
+
+    # ---- errors ----
+
+    def error(
+        self,
+        status: int,
+        rid: str,
+        message: Any,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        b: Behaviour | None = None,
+        extra_headers: list[tuple[str, str]] | None = None,
+    ) -> Reply:
+        """The provider's error reply (``type_`` is its error kind; default from ``ERRORS``)."""
+        raise NotImplementedError
+
+    def error_kind(self, status: int) -> str:
+        spec = self.ERRORS.get(status) or self.ERRORS[500 if status >= 500 else 400]
+        return spec[0]
+
+    def error_reply(
+        self, status: int, rid: str, obj: Any, b: Behaviour | None = None,
+        extra_headers: list[tuple[str, str]] | None = None,
+    ) -> Reply:
+        headers = self.base_headers(rid, self.JSON_TYPE, b or _DEFAULT_BEHAVIOUR)
+        if extra_headers:
+            headers += extra_headers
+        return Reply(status, headers, body=dumps(obj), request_id=self.header_request_id(rid))
+
+    def retry_headers(self, b: Behaviour) -> list[tuple[str, str]]:
+        return [("retry-after", b.retry_after)] if b.retry_after is not None else []
+
+    def forced_error(self, status: int, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        """The error reply for Behaviour.status / x-fake-status (providers.md error tables)."""
+        kind, message = self.ERRORS.get(status) or (self.error_kind(status), f"Fake upstream error {status}.")
+        return self.error(
+            status, rid, message.format(model=self.model_of(req) or "unknown"), kind, b=b,
+            extra_headers=self.retry_headers(b) if status == 429 else None,
+        )
+
+    def model_of(self, req: ReceivedRequest) -> str | None:
+        """The model the request names (for error messages), or None."""
+        if not req.body:
+            return None
+        try:
+            body = json.loads(req.body)
+        except ValueError:
+            return None
+        model = body.get("model") if isinstance(body, dict) else None
+        return model if isinstance(model, str) else None
+
+    # ---- headers and replies ----
+
+    def base_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        """Headers of every reply (errors too)."""
+        raise NotImplementedError
+
+    def ok_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        """Headers of a successful reply."""
+        return self.base_headers(rid, content_type, b)
+
+    def header_request_id(self, rid: str) -> str | None:
+        return rid if self.REQUEST_ID_HEADER else None
+
+    def json_reply(
+        self, rid: str, b: Behaviour, payload: Any, usage: dict | None = None,
+        model: str | None = None, request_id: Any = _SAME,
+    ) -> Reply:
+        return Reply(
+            200, self.ok_headers(rid, self.JSON_TYPE, b), body=dumps(payload),
+            usage_at={0: usage} if usage is not None else {}, model=model,
+            request_id=self.header_request_id(rid) if request_id is _SAME else request_id,
+        )
+
+    def stream_reply(
+        self, rid: str, b: Behaviour, events: list[bytes], usage_at: dict[int, dict],
+        model: str | None, request_id: Any = _SAME, content_type: str | None = None,
+    ) -> Reply:
+        return Reply(
+            200, self.ok_headers(rid, content_type or self.SSE_TYPE, b), events=events,
+            usage_at=usage_at, model=model,
+            request_id=self.header_request_id(rid) if request_id is _SAME else request_id,
+        )
+
+    # ---- request bodies and models ----
+
+    def parse_json(self, req: ReceivedRequest, rid: str, b: Behaviour) -> tuple[dict | None, Reply | None]:
+        try:
+            body = json.loads(req.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return None, self.error(400, rid, self.BAD_JSON_MESSAGE, b=b)
+        return body, None
+
+    def snapshot(self, model: str) -> str:
+        return self.SNAPSHOTS.get(model, model)
+
+
+# --------------------------------------------------------------------------------------------
 # OpenAI (providers.md §3)
 # --------------------------------------------------------------------------------------------
 
 
-class OpenAIHandler:
+def chat_chunk(head: dict, choices: list, **extra: Any) -> bytes:
+    """One ``chat.completion.chunk`` SSE event: ``head`` fields, ``choices``, then ``extra``."""
+    d = dict(head)
+    d["choices"] = choices
+    d.update(extra)
+    return sse_data(d)
+
+
+class OpenAIHandler(ProviderHandler):
     """OpenAI API: chat completions, responses, embeddings, models.
 
-    Hooks for subclasses (xAI): ``snapshot``, ``chat_usage``, ``error``, ``base_headers``,
-    ``check_auth``, ``routes``.
+    Hooks for the OpenAI-compatible subclasses (xAI, Mistral, Gemini's compatibility route):
+    ``routes``, ``snapshot``, ``is_reasoning``, ``chat_usage``, ``responses_usage``,
+    ``completion_id``, ``response_id``, ``chat_stream``, ``embeddings_payload``, ``error``,
+    ``missing_param``, ``base_headers``, ``ok_headers``, ``check_auth``, and the class
+    attributes below.
     """
 
     provider = "openai"
+    REQUEST_ID_HEADER = "x-request-id"
     api_version = "2020-10-01"
-    # model name -> dated snapshot reported in responses; other names are returned as given
-    SNAPSHOTS: dict[str, str] = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"}
+    SNAPSHOTS = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"}
     REASONING_TOKENS = 64  # reasoning tokens reported for reasoning models ("o..." names)
     EMBEDDING_DIMS = 8
+    DIMENSIONS_PARAM = "dimensions"  # the embeddings request field giving the vector size
+    BASE64_EMBEDDINGS = True  # honour "encoding_format": "base64"
+    OBFUSCATION = True  # stream deltas carry an `obfuscation` padding string
+    OWNED_BY = "system"
+    CHAT_MESSAGE_EXTRA: dict[str, Any] = {}  # fields after role/content in a chat message
+    CHAT_EXTRA: dict[str, Any] = {"service_tier": "default", "system_fingerprint": "fp_fake"}
+    BAD_JSON_MESSAGE = (
+        "We could not parse the JSON body of your request. (HINT: This likely means you "
+        "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+        "but what was sent was not valid JSON. If you have trouble figuring out how to fix "
+        "this, please contact us through our help center at help.openai.com.)"
+    )
     MODELS: tuple[tuple[str, int], ...] = (
         ("gpt-4o-mini", 1721172741),
         ("gpt-4o", 1715367049),
@@ -289,30 +600,12 @@ class OpenAIHandler:
     )
 
     def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], Callable[[ReceivedRequest, Behaviour, str], Reply]] = {
+        self.routes = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/embeddings"): self.embeddings,
             ("GET", "/v1/models"): self.list_models,
         }
-
-    # ---- entry point ----
-
-    def __call__(self, req: ReceivedRequest, b: Behaviour) -> Reply:
-        rid = "req_" + new_hex()
-        if b.status is not None:
-            return self.forced_error(b.status, req, b, rid)
-        path = req.path.split("?", 1)[0]
-        route = self.routes.get((req.method, path))
-        if route is None:
-            if req.method == "GET" and path.startswith("/v1/models/") and len(path) > 11:
-                route = self.retrieve_model
-            else:
-                return self.error(404, rid, f"Invalid URL ({req.method} {path})")
-        denied = self.check_auth(req, rid)
-        if denied is not None:
-            return denied
-        return route(req, b, rid)
 
     # ---- headers, errors, auth ----
 
@@ -322,7 +615,7 @@ class OpenAIHandler:
             ("content-type", content_type),
             ("x-request-id", rid),
             ("openai-organization", "metrion-fake"),
-            ("openai-processing-ms", str(max(1, round(b.first_byte_delay * 1000)))),
+            ("openai-processing-ms", processing_ms(b)),
             ("openai-project", "proj_fake"),
             ("openai-version", self.api_version),
         ]
@@ -343,28 +636,20 @@ class OpenAIHandler:
         self,
         status: int,
         rid: str,
-        message: str,
-        type_: str = "invalid_request_error",
+        message: Any,
+        type_: str | None = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
         b: Behaviour | None = None,
         extra_headers: list[tuple[str, str]] | None = None,
     ) -> Reply:
-        body = dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
-        headers = self.base_headers(rid, "application/json", b or _DEFAULT_BEHAVIOUR)
-        if extra_headers:
-            headers += extra_headers
-        return Reply(status, headers, body=body, request_id=rid)
+        obj = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+        return self.error_reply(status, rid, obj, b, extra_headers)
 
-    @staticmethod
-    def bearer(req: ReceivedRequest) -> str | None:
-        auth = req.header("authorization")
-        if not auth:
-            return None
-        scheme, _, token = auth.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return token.strip() or None
+    def not_found(self, req: ReceivedRequest, path: str, rid: str, b: Behaviour) -> Reply:
+        return self.error(404, rid, f"Invalid URL ({req.method} {path})")
+
+    bearer = staticmethod(bearer)
 
     @staticmethod
     def mask_key(key: str | None) -> str:
@@ -383,8 +668,8 @@ class OpenAIHandler:
             b=b,
         )
 
-    def check_auth(self, req: ReceivedRequest, rid: str) -> Reply | None:
-        key = self.bearer(req)
+    def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
+        key = bearer(req)
         if key is None:
             return self.error(
                 401,
@@ -395,28 +680,28 @@ class OpenAIHandler:
                 "browser and are prompted for a username and password. You can obtain an API key "
                 "from https://platform.openai.com/account/api-keys.",
             )
-        if not key.startswith("sk-") or len(key) <= 3:
+        if not key_ok(key, ("sk-",)):
             return self.invalid_key(rid, key)
         return None
 
     def forced_error(self, status: int, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
         """The error reply for Behaviour.status / x-fake-status (providers.md error table)."""
         if status == 401:
-            return self.invalid_key(rid, self.bearer(req), b)
+            return self.invalid_key(rid, bearer(req), b)
         if status == 400:
             return self.error(
                 400, rid, "Invalid value for 'messages': expected an array of objects.",
                 param="messages", b=b,
             )
         if status == 404:
-            model = self._model_of(req) or "unknown"
+            model = self.model_of(req) or "unknown"
             return self.error(
                 404, rid, f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found", b=b,
             )
         if status == 429:
-            model = self._model_of(req) or "gpt-4o-mini"
-            extra = [("retry-after", b.retry_after)] if b.retry_after is not None else []
+            model = self.model_of(req) or "gpt-4o-mini"
+            extra = self.retry_headers(b)
             extra += [
                 ("x-ratelimit-limit-requests", "10000"),
                 ("x-ratelimit-limit-tokens", "200000"),
@@ -454,46 +739,25 @@ class OpenAIHandler:
             b=b,
         )
 
-    @staticmethod
-    def _model_of(req: ReceivedRequest) -> str | None:
-        if not req.body:
-            return None
-        try:
-            body = json.loads(req.body)
-        except ValueError:
-            return None
-        model = body.get("model") if isinstance(body, dict) else None
-        return model if isinstance(model, str) else None
-
-    def parse_json(self, req: ReceivedRequest, rid: str, b: Behaviour) -> tuple[dict | None, Reply | None]:
-        try:
-            body = json.loads(req.body)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return None, self.error(
-                400,
-                rid,
-                "We could not parse the JSON body of your request. (HINT: This likely means you "
-                "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
-                "but what was sent was not valid JSON. If you have trouble figuring out how to fix "
-                "this, please contact us through our help center at help.openai.com.)",
-                b=b,
-            )
-        return body, None
+    def missing_param(self, name: str, body: dict, rid: str, b: Behaviour) -> Reply:
+        """The reply to a request body without the required field ``name``."""
+        if name == "model":
+            return self.error(400, rid, "you must provide a model parameter", param="model", b=b)
+        return self.error(400, rid, f"Missing required parameter: '{name}'.", param=name, b=b)
 
     def require_model(self, body: dict, rid: str, b: Behaviour) -> tuple[str | None, Reply | None]:
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return None, self.error(
-                400, rid, "you must provide a model parameter", param="model", b=b
-            )
+            return None, self.missing_param("model", body, rid, b)
         return model, None
 
-    # ---- model naming and usage ----
+    # ---- ids, model naming and usage ----
 
-    def snapshot(self, model: str) -> str:
-        return self.SNAPSHOTS.get(model, model)
+    def completion_id(self, rid: str) -> str:
+        return "chatcmpl-" + new_hex(12)
+
+    def response_id(self, rid: str) -> str:
+        return "resp_" + new_hex(24)
 
     def is_reasoning(self, model: str) -> bool:
         return model.startswith("o")
@@ -537,81 +801,64 @@ class OpenAIHandler:
         messages = body.get("messages")
         if not isinstance(messages, list):
             if messages is None:
-                return self.error(
-                    400, rid, "Missing required parameter: 'messages'.", param="messages", b=b
-                )
+                return self.missing_param("messages", body, rid, b)
             return self.error(
                 400, rid,
                 f"Invalid type for 'messages': expected an array, but got {type(messages).__name__} instead.",
                 param="messages", b=b,
             )
-        prompt = 0
-        for m in messages:
-            prompt += 3 + (count_words(m.get("content")) if isinstance(m, dict) else 0)
-        prompt = max(1, prompt)
-        n = min(b.chunks if b.chunks is not None else DEFAULT_CHUNKS, MAX_CHUNKS)
-        words = reply_words(n)
-        usage = self.chat_usage(prompt, n, model)
-        snap = self.snapshot(model)
-        cid = "chatcmpl-" + new_hex(12)
-        created = int(time.time())
+        return self.completion_reply(body, model, message_tokens(messages), b, rid)
 
+    def completion_reply(self, body: dict, model: str, prompt: int, b: Behaviour, rid: str) -> Reply:
+        """A chat completion answering ``prompt`` tokens: JSON, or SSE for ``"stream": true``."""
+        words = reply_words(n_words(b))
+        usage = self.chat_usage(prompt, len(words), model)
+        snap = self.snapshot(model)
+        cid = self.completion_id(rid)
+        created = int(time.time())
         if body.get("stream") is not True:
+            message = {"role": "assistant", "content": " ".join(words), **self.CHAT_MESSAGE_EXTRA}
             payload = {
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
                 "model": snap,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": " ".join(words)},
-                        "finish_reason": "stop",
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                 "usage": usage,
-                "service_tier": "default",
-                "system_fingerprint": "fp_fake",
+                **self.CHAT_EXTRA,
             }
-            return Reply(
-                200, self.ok_headers(rid, "application/json", b), body=dumps(payload),
-                usage_at={0: usage}, model=snap, request_id=rid,
-            )
+            return self.json_reply(rid, b, payload, usage, snap, request_id=rid)
+        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": snap}
+        events, usage_at = self.chat_stream(head, words, usage, body)
+        return self.stream_reply(rid, b, events, usage_at, snap, request_id=rid)
 
+    def chat_stream(
+        self, head: dict, words: list[str], usage: dict, body: dict
+    ) -> tuple[list[bytes], dict[int, dict]]:
+        """The SSE events of a streamed chat completion and their ``usage_at``."""
         opts = body.get("stream_options")
         opts = opts if isinstance(opts, dict) else {}
         include_usage = opts.get("include_usage") is True
-        obfuscate = opts.get("include_obfuscation") is not False
-        head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": snap}
-
-        def chunk(choices: list, usage_obj: dict | None = None, obf: str | None = None) -> bytes:
-            d = dict(head)
-            d["choices"] = choices
-            d["usage"] = usage_obj
-            if obf is not None:
-                d["obfuscation"] = obf
-            return b"data: " + dumps(d) + b"\n\n"
-
+        obfuscate = self.OBFUSCATION and opts.get("include_obfuscation") is not False
         events = [
-            chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            chat_chunk(head, [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                       usage=None)
         ]
         for i, w in enumerate(words):
+            extra: dict[str, Any] = {"usage": None}
+            if obfuscate:
+                extra["obfuscation"] = _OBFUSCATION[i % len(_OBFUSCATION)]
             events.append(
-                chunk(
-                    [{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}],
-                    obf=_OBFUSCATION[i % len(_OBFUSCATION)] if obfuscate else None,
-                )
+                chat_chunk(head, [{"index": 0, "delta": {"content": delta_text(i, w)}, "finish_reason": None}],
+                           **extra)
             )
-        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        events.append(chat_chunk(head, [{"index": 0, "delta": {}, "finish_reason": "stop"}], usage=None))
         usage_at: dict[int, dict] = {}
         if include_usage:
             usage_at[len(events)] = usage
-            events.append(chunk([], usage))
-        events.append(b"data: [DONE]\n\n")
-        return Reply(
-            200, self.ok_headers(rid, "text/event-stream; charset=utf-8", b), events=events,
-            usage_at=usage_at, model=snap, request_id=rid,
-        )
+            events.append(chat_chunk(head, [], usage=usage))
+        events.append(SSE_DONE)
+        return events, usage_at
 
     # ---- POST /v1/responses ----
 
@@ -636,13 +883,12 @@ class OpenAIHandler:
         if isinstance(instructions, str):
             prompt += 3 + count_words(instructions)
         prompt = max(1, prompt)
-        n = min(b.chunks if b.chunks is not None else DEFAULT_CHUNKS, MAX_CHUNKS)
-        words = reply_words(n)
+        words = reply_words(n_words(b))
         text = " ".join(words)
-        usage = self.responses_usage(prompt, n, model)
+        usage = self.responses_usage(prompt, len(words), model)
         snap = self.snapshot(model)
         reasoning = self.is_reasoning(model)
-        resp_id = "resp_" + new_hex(24)
+        resp_id = self.response_id(rid)
         msg_id = "msg_" + new_hex(24)
         rs_id = "rs_" + new_hex(24)
         created = int(time.time())
@@ -689,17 +935,14 @@ class OpenAIHandler:
 
         if body.get("stream") is not True:
             payload = response_obj("completed", final_output, usage)
-            return Reply(
-                200, self.ok_headers(rid, "application/json", b), body=dumps(payload),
-                usage_at={0: usage}, model=snap, request_id=rid,
-            )
+            return self.json_reply(rid, b, payload, usage, snap, request_id=rid)
 
         events: list[bytes] = []
 
         def ev(type_: str, **fields: Any) -> None:
             d = {"type": type_, "sequence_number": len(events)}
             d.update(fields)
-            events.append(b"event: " + type_.encode() + b"\ndata: " + dumps(d) + b"\n\n")
+            events.append(sse_event(type_, d))
 
         ev("response.created", response=response_obj("in_progress", [], None))
         ev("response.in_progress", response=response_obj("in_progress", [], None))
@@ -717,10 +960,10 @@ class OpenAIHandler:
             part={"type": "output_text", "annotations": [], "logprobs": [], "text": ""},
         )
         for i, w in enumerate(words):
+            obf = {"obfuscation": _OBFUSCATION[i % len(_OBFUSCATION)]} if self.OBFUSCATION else {}
             ev(
                 "response.output_text.delta", item_id=msg_id, output_index=idx, content_index=0,
-                delta=w if i == 0 else " " + w, logprobs=[],
-                obfuscation=_OBFUSCATION[i % len(_OBFUSCATION)],
+                delta=delta_text(i, w), logprobs=[], **obf,
             )
         ev(
             "response.output_text.done", item_id=msg_id, output_index=idx, content_index=0,
@@ -730,10 +973,7 @@ class OpenAIHandler:
         ev("response.output_item.done", output_index=idx, item=msg_done)
         usage_at = {len(events): usage}
         ev("response.completed", response=response_obj("completed", final_output, usage))
-        return Reply(
-            200, self.ok_headers(rid, "text/event-stream; charset=utf-8", b), events=events,
-            usage_at=usage_at, model=snap, request_id=rid,
-        )
+        return self.stream_reply(rid, b, events, usage_at, snap, request_id=rid)
 
     # ---- POST /v1/embeddings ----
 
@@ -757,10 +997,8 @@ class OpenAIHandler:
                 400, rid, "'$.input' is invalid. Please check the API reference: "
                 "https://platform.openai.com/docs/api-reference.", param="input", b=b,
             )
-        dims = body.get("dimensions")
-        if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 4096:
-            dims = self.EMBEDDING_DIMS
-        as_base64 = body.get("encoding_format") == "base64"
+        dims = valid_dims(body.get(self.DIMENSIONS_PARAM), self.EMBEDDING_DIMS)
+        as_base64 = self.BASE64_EMBEDDINGS and body.get("encoding_format") == "base64"
         prompt = 0
         data = []
         for i, item in enumerate(inputs):
@@ -770,55 +1008,1018 @@ class OpenAIHandler:
             else:
                 prompt += max(1, len(item))
                 key = dumps(item)
-            packed = embedding_bytes(key, dims)
             if as_base64:
-                emb: Any = base64.b64encode(packed).decode("ascii")
+                emb: Any = base64.b64encode(embedding_bytes(key, dims)).decode("ascii")
             else:
-                emb = list(struct.unpack(f"<{dims}f", packed))
+                emb = embedding_floats(key, dims)
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        usage = {"prompt_tokens": prompt, "total_tokens": prompt}
-        payload = {"object": "list", "data": data, "model": model, "usage": usage}
-        return Reply(
-            200, self.ok_headers(rid, "application/json", b), body=dumps(payload),
-            usage_at={0: usage}, model=model, request_id=rid,
-        )
+        usage = self.embeddings_usage(prompt)
+        return self.json_reply(rid, b, self.embeddings_payload(model, data, usage), usage, model)
+
+    def embeddings_usage(self, prompt: int) -> dict:
+        return {"prompt_tokens": prompt, "total_tokens": prompt}
+
+    def embeddings_payload(self, model: str, data: list, usage: dict) -> dict:
+        return {"object": "list", "data": data, "model": model, "usage": usage}
 
     # ---- GET /v1/models, /v1/models/{id} ----
 
     def _model_obj(self, mid: str, created: int) -> dict:
-        return {"id": mid, "object": "model", "created": created, "owned_by": "system"}
+        return {"id": mid, "object": "model", "created": created, "owned_by": self.OWNED_BY}
 
     def list_models(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
         payload = {"object": "list", "data": [self._model_obj(m, c) for m, c in self.MODELS]}
-        return Reply(200, self.ok_headers(rid, "application/json", b), body=dumps(payload), request_id=rid)
+        return self.json_reply(rid, b, payload)
 
     def retrieve_model(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
-        mid = req.path.split("?", 1)[0][len("/v1/models/"):]
+        mid = self.model_id_in_path(req)
         for m, c in self.MODELS:
             if m == mid:
-                return Reply(
-                    200, self.ok_headers(rid, "application/json", b),
-                    body=dumps(self._model_obj(m, c)), request_id=rid,
-                )
+                return self.json_reply(rid, b, self._model_obj(m, c))
         return self.error(
             404, rid, f"The model '{mid}' does not exist", param="model", code="model_not_found", b=b
         )
 
 
-_DEFAULT_BEHAVIOUR = Behaviour()
+# --------------------------------------------------------------------------------------------
+# Anthropic (providers.md §4)
+# --------------------------------------------------------------------------------------------
 
 
-def embedding_bytes(key: bytes, dims: int) -> bytes:
-    """A deterministic unit vector for ``key``, as little-endian float32 bytes."""
-    raw = hashlib.blake2b(key, digest_size=64).digest()
-    vals = [(raw[i % 64] - 127.5) / 127.5 + (i // 64) * 1e-3 for i in range(dims)]
-    norm = math.sqrt(sum(v * v for v in vals)) or 1.0
-    return struct.pack(f"<{dims}f", *(v / norm for v in vals))
+class AnthropicHandler(ProviderHandler):
+    """Anthropic Messages API: messages (JSON and SSE), count_tokens, models.
+
+    Usage: ``input_tokens`` are the prompt words (+3 per message and system prompt); a request
+    with any ``cache_control`` also reports ``CACHE_READ_TOKENS`` / ``CACHE_WRITE_TOKENS`` (the
+    write in ``ephemeral_1h`` when a ``"ttl": "1h"`` is asked for, else ``ephemeral_5m``); one with
+    ``thinking`` enabled gets a thinking block and ``THINKING_TOKENS`` more output tokens, shown in
+    ``output_tokens_details.thinking_tokens``.
+    """
+
+    provider = "anthropic"
+    REQUEST_ID_HEADER = "request-id"
+    ORGANIZATION_ID = "3f1c9b0e-6a2d-4c55-9e1f-7b8a2d4c6e10"
+    SNAPSHOTS = {  # aliases answered with a dated id; newer models have no dated id
+        "claude-haiku-4-5": "claude-haiku-4-5-20251001",
+        "claude-sonnet-4-5": "claude-sonnet-4-5-20250929",
+        "claude-opus-4-1": "claude-opus-4-1-20250805",
+    }
+    MODELS: tuple[tuple[str, str, str], ...] = (
+        ("claude-opus-4-7", "Claude Opus 4.7", "2026-04-16T00:00:00Z"),
+        ("claude-sonnet-4-6", "Claude Sonnet 4.6", "2026-02-17T00:00:00Z"),
+        ("claude-haiku-4-5-20251001", "Claude Haiku 4.5", "2025-10-15T00:00:00Z"),
+        ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
+        ("claude-opus-4-1-20250805", "Claude Opus 4.1", "2025-08-05T00:00:00Z"),
+    )
+    THINKING_TOKENS = 32
+    THINKING_TEXT = "The user wants a short greeting, so a brief answer will do."
+    SIGNATURE = "EqQBCkYIBRgCIkBmYWtlLXNpZ25hdHVyZS1mb3ItbWV0cmlvbi10ZXN0cw=="
+    CACHE_READ_TOKENS = 1024
+    CACHE_WRITE_TOKENS = 128
+    RATE_LIMITS = (  # (kind, limit, remaining) of the anthropic-ratelimit-* headers
+        ("requests", "4000", "3999"),
+        ("input-tokens", "2000000", "1999000"),
+        ("output-tokens", "400000", "400000"),
+        ("tokens", "2400000", "2399000"),
+    )
+    BAD_JSON_MESSAGE = "There was an error parsing the body of your request. Please check that it is valid JSON."
+    ERRORS = {
+        400: ("invalid_request_error", "Your request was malformed."),
+        401: ("authentication_error", "invalid x-api-key"),
+        402: ("billing_error", "Your credit balance is too low to access the Anthropic API. Please go to "
+                               "Plans & Billing to upgrade or purchase credits."),
+        403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+        404: ("not_found_error", "model: {model}"),
+        413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+        429: ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit "
+                                  "(https://docs.claude.com/en/api/rate-limits); see the response headers "
+                                  "for current usage. Please reduce the prompt length or the maximum tokens "
+                                  "requested, or try again later."),
+        500: ("api_error", "Internal server error"),
+        504: ("timeout_error", "Request timeout"),
+        529: ("overloaded_error", "Overloaded"),
+    }
+
+    def __init__(self) -> None:
+        self.routes = {
+            ("POST", "/v1/messages"): self.messages,
+            ("POST", "/v1/messages/count_tokens"): self.count_tokens,
+            ("GET", "/v1/models"): self.list_models,
+        }
+
+    def new_request_id(self) -> str:
+        return "req_011C" + new_b62(20)
+
+    # ---- headers, errors, auth ----
+
+    def base_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        return [
+            ("date", http_date()),
+            ("content-type", content_type),
+            ("request-id", rid),
+            ("anthropic-organization-id", self.ORGANIZATION_ID),
+            ("x-robots-tag", "none"),
+            ("server", "cloudflare"),
+        ]
+
+    def ok_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        h = self.base_headers(rid, content_type, b)
+        reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
+        for kind, limit, remaining in self.RATE_LIMITS:
+            h += [
+                (f"anthropic-ratelimit-{kind}-limit", limit),
+                (f"anthropic-ratelimit-{kind}-remaining", remaining),
+                (f"anthropic-ratelimit-{kind}-reset", reset),
+            ]
+        return h
+
+    def error(
+        self,
+        status: int,
+        rid: str,
+        message: Any,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        b: Behaviour | None = None,
+        extra_headers: list[tuple[str, str]] | None = None,
+    ) -> Reply:
+        obj = {"type": "error", "error": {"type": type_ or self.error_kind(status), "message": message},
+               "request_id": rid}
+        return self.error_reply(status, rid, obj, b, extra_headers)
+
+    def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
+        key = req.header("x-api-key")
+        if key is not None:
+            if not key_ok(key, ("sk-",)):
+                return self.error(401, rid, "invalid x-api-key", b=b)
+        else:
+            key = bearer(req)
+            if key is None:
+                return self.error(401, rid, "x-api-key header is required", b=b)
+            if not key_ok(key, ("sk-",)):
+                return self.error(401, rid, "Invalid bearer token", b=b)
+        if not req.header("anthropic-version"):
+            return self.error(400, rid, "anthropic-version: header is required", b=b)
+        return None
+
+    # ---- request bodies and usage ----
+
+    def request_body(
+        self, req: ReceivedRequest, rid: str, b: Behaviour, required: tuple[str, ...]
+    ) -> tuple[dict | None, Reply | None]:
+        body, err = self.parse_json(req, rid, b)
+        if err:
+            return None, err
+        missing = missing_field(body, required)
+        if missing:
+            return None, self.error(400, rid, f"{missing}: Field required", b=b)
+        if not isinstance(body["model"], str):
+            return None, self.error(400, rid, "model: Input should be a valid string", b=b)
+        if not isinstance(body["messages"], list):
+            return None, self.error(400, rid, "messages: Input should be a valid list", b=b)
+        return body, None
+
+    @staticmethod
+    def input_tokens(body: dict) -> int:
+        system = body.get("system")
+        extra = [{"content": system}] if system else []
+        return message_tokens(body["messages"] + extra)
+
+    @staticmethod
+    def thinking_enabled(body: dict) -> bool:
+        thinking = body.get("thinking")
+        return isinstance(thinking, dict) and thinking.get("type") not in (None, "disabled")
+
+    def usage(self, body: dict, words: int) -> dict:
+        caches = [c for c in find_values(body, "cache_control") if isinstance(c, dict)]
+        write = self.CACHE_WRITE_TOKENS if caches else 0
+        one_hour = any(c.get("ttl") == "1h" for c in caches)
+        thinking = self.THINKING_TOKENS if self.thinking_enabled(body) else 0
+        usage: dict[str, Any] = {
+            "input_tokens": self.input_tokens(body),
+            "cache_creation_input_tokens": write,
+            "cache_read_input_tokens": self.CACHE_READ_TOKENS if caches else 0,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": 0 if one_hour else write,
+                "ephemeral_1h_input_tokens": write if one_hour else 0,
+            },
+            "output_tokens": words + thinking,
+        }
+        if thinking:
+            usage["output_tokens_details"] = {"thinking_tokens": thinking}
+        usage["service_tier"] = "standard"
+        return usage
+
+    # ---- POST /v1/messages ----
+
+    def messages(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        body, err = self.request_body(req, rid, b, ("model", "max_tokens", "messages"))
+        if err:
+            return err
+        words = reply_words(n_words(b))
+        usage = self.usage(body, len(words))
+        model = self.snapshot(body["model"])
+        thinking = "output_tokens_details" in usage
+        message = {
+            "id": "msg_01" + new_b62(22),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if body.get("stream") is not True:
+            if thinking:
+                message["content"].append(
+                    {"type": "thinking", "thinking": self.THINKING_TEXT, "signature": self.SIGNATURE})
+            message["content"].append({"type": "text", "text": " ".join(words)})
+            message["stop_reason"] = "end_turn"
+            return self.json_reply(rid, b, message, usage, model)
+
+        # message_start carries the input side and a first output count; message_delta the
+        # cumulative totals, which the SDK lays over the message_start values.
+        start_usage = {k: v for k, v in usage.items() if k != "output_tokens_details"}
+        start_usage["output_tokens"] = 1
+        message["usage"] = start_usage
+        events = [sse_event("message_start", {"type": "message_start", "message": message})]
+        blocks: list[tuple[dict, list[dict]]] = []
+        if thinking:
+            blocks.append((
+                {"type": "thinking", "thinking": "", "signature": ""},
+                [{"type": "thinking_delta", "thinking": self.THINKING_TEXT},
+                 {"type": "signature_delta", "signature": self.SIGNATURE}],
+            ))
+        blocks.append((
+            {"type": "text", "text": ""},
+            [{"type": "text_delta", "text": delta_text(i, w)} for i, w in enumerate(words)],
+        ))
+        for index, (start, deltas) in enumerate(blocks):
+            events.append(sse_event("content_block_start",
+                                    {"type": "content_block_start", "index": index, "content_block": start}))
+            if index == 0:
+                events.append(sse_event("ping", {"type": "ping"}))
+            for delta in deltas:
+                events.append(sse_event("content_block_delta",
+                                        {"type": "content_block_delta", "index": index, "delta": delta}))
+            events.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        delta_usage = {k: usage[k] for k in (
+            "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens",
+            "output_tokens_details") if k in usage}
+        usage_at = {0: start_usage, len(events): {**start_usage, **delta_usage}}
+        events.append(sse_event("message_delta", {
+            "type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": delta_usage,
+        }))
+        events.append(sse_event("message_stop", {"type": "message_stop"}))
+        return self.stream_reply(rid, b, events, usage_at, model)
+
+    # ---- POST /v1/messages/count_tokens ----
+
+    def count_tokens(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        body, err = self.request_body(req, rid, b, ("model", "messages"))
+        if err:
+            return err
+        return self.json_reply(rid, b, {"input_tokens": self.input_tokens(body)})
+
+    # ---- GET /v1/models, /v1/models/{id} ----
+
+    @staticmethod
+    def _model_obj(mid: str, name: str, created: str) -> dict:
+        return {"type": "model", "id": mid, "display_name": name, "created_at": created, "lifecycle": "active"}
+
+    def list_models(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        data = [self._model_obj(*m) for m in self.MODELS]
+        payload = {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
+        return self.json_reply(rid, b, payload)
+
+    def retrieve_model(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        mid = self.model_id_in_path(req)
+        for m in self.MODELS:
+            if mid in (m[0], *(k for k, v in self.SNAPSHOTS.items() if v == m[0])):
+                return self.json_reply(rid, b, self._model_obj(*m))
+        return self.error(404, rid, f"model: {mid}", b=b)
+
+
+# --------------------------------------------------------------------------------------------
+# Google Gemini (providers.md §5)
+# --------------------------------------------------------------------------------------------
+
+GEMINI_NO_KEY = (
+    "Method doesn't allow unregistered callers (callers without established identity). Please use "
+    "API Key or other form of API consumer identity to call this API."
+)
+GEMINI_BAD_KEY = "API key not valid. Please pass a valid API key."
+
+
+def google_id() -> str:
+    """A Gemini ``responseId``-like id (23 URL-safe base64 characters)."""
+    return base64.urlsafe_b64encode(os.urandom(17)).rstrip(b"=").decode("ascii")
+
+
+class GoogleStyle:
+    """What Gemini's native API and its OpenAI-compatible route share: key check, error shape
+    ``{"error":{code,message,status,details}}`` (a one-element list where ``LIST_ERRORS``),
+    Google frontend headers, no request-id header, the retry hint in a RetryInfo detail."""
+
+    REQUEST_ID_HEADER: str | None = None
+    JSON_TYPE = "application/json; charset=UTF-8"
+    SSE_TYPE = "text/event-stream"
+    LIST_ERRORS = False
+    KEY_PREFIXES = ("AIza", "sk-")
+    ERRORS = {
+        400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+        401: ("UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access "
+                                 "token, login cookie or other valid authentication credential."),
+        403: ("PERMISSION_DENIED", GEMINI_NO_KEY),
+        404: ("NOT_FOUND", "models/{model} is not found for API version v1beta, or is not supported for "
+                           "generateContent. Call ListModels to see the list of available models and "
+                           "their supported methods."),
+        409: ("ABORTED", "The operation was aborted."),
+        429: ("RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing "
+                                    "details. For more information on this error, head to: "
+                                    "https://ai.google.dev/gemini-api/docs/rate-limits."),
+        500: ("INTERNAL", "An internal error has occurred. Please retry or report in "
+                          "https://developers.generativeai.google/guide/troubleshooting"),
+        503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+        504: ("DEADLINE_EXCEEDED", "The request timed out. Please try again."),
+    }
+
+    error_reply: Callable[..., Reply]
+    error_kind: Callable[[int], str]
+
+    def new_request_id(self) -> str:
+        return google_id()
+
+    def base_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        h = [
+            ("content-type", content_type),
+            ("vary", "Origin"),
+            ("vary", "X-Origin"),
+            ("vary", "Referer"),
+            ("date", http_date()),
+            ("server", "scaffolding on HTTPServer2"),
+            ("x-xss-protection", "0"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("x-content-type-options", "nosniff"),
+            ("server-timing", f"gfet4t7; dur={processing_ms(b)}"),
+        ]
+        if content_type.startswith("text/event-stream"):
+            h.append(("content-disposition", "attachment"))
+        return h
+
+    def ok_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        return self.base_headers(rid, content_type, b)
+
+    def retry_headers(self, b: Behaviour) -> list[tuple[str, str]]:
+        return []  # the retry hint goes in the body (RetryInfo)
+
+    def error(
+        self,
+        status: int,
+        rid: str,
+        message: Any,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        b: Behaviour | None = None,
+        extra_headers: list[tuple[str, str]] | None = None,
+        details: list[dict] | None = None,
+    ) -> Reply:
+        b = b or _DEFAULT_BEHAVIOUR
+        if details is None and status == 429:
+            details = self.quota_details(b)
+        err: dict[str, Any] = {"code": status, "message": message, "status": type_ or self.error_kind(status)}
+        if details:
+            err["details"] = details
+        obj = {"error": err}
+        return self.error_reply(status, rid, [obj] if self.LIST_ERRORS else obj, b, extra_headers)
+
+    @staticmethod
+    def quota_details(b: Behaviour) -> list[dict]:
+        details: list[dict] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                    "quotaDimensions": {"location": "global"},
+                    "quotaValue": "10",
+                }],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [{"description": "Learn more about Gemini API quotas",
+                           "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+            },
+        ]
+        if b.retry_after is not None and b.retry_after.strip().isdigit():
+            details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                            "retryDelay": f"{b.retry_after.strip()}s"})
+        return details
+
+    def key_error(self, key: str | None, rid: str, b: Behaviour | None) -> Reply | None:
+        if key is None:
+            return self.error(403, rid, GEMINI_NO_KEY, b=b)
+        if key_ok(key, self.KEY_PREFIXES):
+            return None
+        return self.error(400, rid, GEMINI_BAD_KEY, b=b, details=[
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            },
+            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US",
+             "message": GEMINI_BAD_KEY},
+        ])
+
+    def not_found(self, req: ReceivedRequest, path: str, rid: str, b: Behaviour) -> Reply:
+        return self.error(404, rid, f"Method not found: {req.method} {path}", b=b)
+
+
+class GeminiOpenAIHandler(GoogleStyle, OpenAIHandler):  # type: ignore[misc]
+    """Gemini's OpenAI-compatible route (``/v1beta/openai/...``, Bearer key): OpenAI chat
+    completions (JSON and SSE with include_usage semantics), embeddings and models, with the
+    model named as requested, Google's headers and Google errors wrapped in a one-element list."""
+
+    provider = "gemini"
+    PREFIX = "/v1beta/openai"
+    LIST_ERRORS = True
+    SNAPSHOTS: dict[str, str] = {}
+    OBFUSCATION = False
+    OWNED_BY = "google"
+    MODELS_PATH = None
+    MODELS = (("gemini-2.5-flash", 1750000000), ("gemini-2.5-pro", 1750000000), ("gemini-2.0-flash", 1738000000))
+    forced_error = ProviderHandler.forced_error
+
+    def __init__(self) -> None:
+        self.routes = {
+            ("POST", self.PREFIX + "/chat/completions"): self.chat_completions,
+            ("POST", self.PREFIX + "/embeddings"): self.embeddings,
+            ("GET", self.PREFIX + "/models"): self.list_models,
+        }
+
+    def completion_id(self, rid: str) -> str:
+        return rid
+
+    def is_reasoning(self, model: str) -> bool:
+        return False
+
+    def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
+        return self.key_error(bearer(req), rid, b)
+
+
+class GeminiHandler(GoogleStyle, ProviderHandler):
+    """Gemini Developer API (``/v1beta/...`` and ``/v1/...``; key in ``x-goog-api-key`` or
+    ``?key=``): generateContent, streamGenerateContent (SSE with ``?alt=sse``, else a JSON array
+    streamed in chunks), countTokens, embedContent, batchEmbedContents, models; and the
+    OpenAI-compatible route, answered by ``GeminiOpenAIHandler``.
+
+    usageMetadata: ``promptTokenCount`` = prompt words (+3 per content) plus ``CACHED_TOKENS``
+    when the request names ``cachedContent`` (also reported as ``cachedContentTokenCount``);
+    ``thoughtsTokenCount`` = ``THOUGHTS_TOKENS`` for models with "2.5" in the name or a request
+    with ``thinkingConfig`` (none with ``thinkingBudget: 0``); total = prompt + candidates +
+    thoughts. Zero counts are left out, as proto3 JSON does.
+    """
+
+    provider = "gemini"
+    VERSIONS = ("v1", "v1beta", "v1alpha")
+    THOUGHTS_TOKENS = 64
+    CACHED_TOKENS = 1024
+    EMBEDDING_DIMS = 8
+    BAD_JSON_MESSAGE = "Invalid JSON payload received. Unexpected token."
+    MODELS_PATH = None
+    ACTIONS = {
+        "generateContent": "generate_content",
+        "streamGenerateContent": "stream_generate_content",
+        "countTokens": "count_tokens",
+        "embedContent": "embed_content",
+        "batchEmbedContents": "batch_embed_contents",
+    }
+    MODELS: tuple[tuple[str, str, int, int, tuple[str, ...]], ...] = (
+        ("gemini-2.5-flash", "Gemini 2.5 Flash", 1048576, 65536, ("generateContent", "countTokens")),
+        ("gemini-2.5-pro", "Gemini 2.5 Pro", 1048576, 65536, ("generateContent", "countTokens")),
+        ("gemini-2.0-flash", "Gemini 2.0 Flash", 1048576, 8192, ("generateContent", "countTokens")),
+        ("gemini-embedding-001", "Gemini Embedding 001", 2048, 1, ("embedContent", "countTextTokens")),
+    )
+
+    def __init__(self) -> None:
+        self.routes = {}
+        self.openai = GeminiOpenAIHandler()
+
+    def __call__(self, req: ReceivedRequest, b: Behaviour) -> Reply:
+        path = req.path.split("?", 1)[0]
+        if path.startswith(self.openai.PREFIX + "/"):
+            return self.openai(req, b)
+        reply = super().__call__(req, b)
+        if reply.status >= 400 and path.endswith(":streamGenerateContent") and query_param(req, "alt") != "sse":
+            reply.body = b"[" + reply.body + b"]"  # the JSON-array stream wraps its error too
+        return reply
+
+    def find_route(self, method: str, path: str) -> Route | None:
+        version, sep, rest = path[1:].partition("/")
+        if not sep or version not in self.VERSIONS:
+            return None
+        if rest == "models":
+            return self.list_models if method == "GET" else None
+        if not rest.startswith("models/"):
+            return None
+        name, colon, action = rest[len("models/"):].partition(":")
+        if not name or "/" in name:
+            return None
+        if not colon:
+            return self.get_model if method == "GET" else None
+        attr = self.ACTIONS.get(action)
+        return getattr(self, attr) if attr and method == "POST" else None
+
+    @staticmethod
+    def path_model(req: ReceivedRequest) -> str:
+        path = req.path.split("?", 1)[0]
+        return path.partition("/models/")[2].partition(":")[0]
+
+    def model_of(self, req: ReceivedRequest) -> str | None:
+        return self.path_model(req) or None
+
+    def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
+        return self.key_error(req.header("x-goog-api-key") or query_param(req, "key"), rid, b)
+
+    # ---- token counts ----
+
+    def prompt_tokens(self, body: dict) -> tuple[int, int]:
+        """(promptTokenCount, cachedContentTokenCount) of a GenerateContentRequest body."""
+        contents = body.get("contents")
+        messages = [{"content": c.get("parts")} if isinstance(c, dict) else c
+                    for c in (contents if isinstance(contents, list) else [])]
+        system = body.get("systemInstruction")
+        if isinstance(system, dict):
+            messages.append({"content": system.get("parts")})
+        cached = self.CACHED_TOKENS if body.get("cachedContent") else 0
+        return message_tokens(messages) + cached, cached
+
+    def thoughts(self, model: str, body: dict) -> int:
+        config = body.get("generationConfig")
+        thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+        if isinstance(thinking, dict):
+            return 0 if thinking.get("thinkingBudget") == 0 else self.THOUGHTS_TOKENS
+        return self.THOUGHTS_TOKENS if "2.5" in model else 0
+
+    @staticmethod
+    def usage_metadata(prompt: int, cached: int, candidates: int = 0, thoughts: int = 0) -> dict:
+        usage: dict[str, Any] = {"promptTokenCount": prompt}
+        if candidates:
+            usage["candidatesTokenCount"] = candidates
+        usage["totalTokenCount"] = prompt + candidates + thoughts
+        if cached:
+            usage["cachedContentTokenCount"] = cached
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        if cached:
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
+        return usage
+
+    # ---- :generateContent, :streamGenerateContent ----
+
+    def generate_content(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        return self.generate(req, b, rid, None)
+
+    def stream_generate_content(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        return self.generate(req, b, rid, "sse" if query_param(req, "alt") == "sse" else "array")
+
+    def generate(self, req: ReceivedRequest, b: Behaviour, rid: str, stream: str | None) -> Reply:
+        body, err = self.parse_json(req, rid, b)
+        if err:
+            return err
+        if not isinstance(body.get("contents"), list) or not body["contents"]:
+            return self.error(400, rid, "* GenerateContentRequest.contents: contents is not specified\n", b=b)
+        model = self.path_model(req)
+        prompt, cached = self.prompt_tokens(body)
+        words = reply_words(n_words(b))
+        final = self.usage_metadata(prompt, cached, len(words), self.thoughts(model, body))
+
+        def response(text: str, usage: dict, done: bool) -> dict:
+            candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+            if done:
+                candidate["finishReason"] = "STOP"
+            candidate["index"] = 0
+            return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": rid}
+
+        if stream is None:
+            return self.json_reply(rid, b, response(" ".join(words), final, True), final, model, request_id=rid)
+        # intermediate chunks carry the prompt counts only; the last (finishReason) the final ones
+        partial = self.usage_metadata(prompt, cached)
+        texts = [delta_text(i, w) for i, w in enumerate(words)] or [""]
+        last = len(texts) - 1
+        chunks = [response(t, final if i == last else partial, i == last) for i, t in enumerate(texts)]
+        usage_at = {i: c["usageMetadata"] for i, c in enumerate(chunks)}
+        if stream == "sse":
+            events = [sse_data(c, b"\r\n") for c in chunks]
+            return self.stream_reply(rid, b, events, usage_at, model, request_id=rid)
+        events = [(b"[" if i == 0 else b",\r\n") + dumps(c) for i, c in enumerate(chunks)]
+        events[-1] += b"]"
+        return self.stream_reply(rid, b, events, usage_at, model, request_id=rid, content_type=self.JSON_TYPE)
+
+    # ---- :countTokens ----
+
+    def count_tokens(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        body, err = self.parse_json(req, rid, b)
+        if err:
+            return err
+        inner = body.get("generateContentRequest")
+        prompt, cached = self.prompt_tokens(inner if isinstance(inner, dict) else body)
+        payload: dict[str, Any] = {"totalTokens": prompt}
+        if cached:
+            payload["cachedContentTokenCount"] = cached
+        payload["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        return self.json_reply(rid, b, payload)
+
+    # ---- :embedContent, :batchEmbedContents ----
+
+    def embedding(self, request: dict) -> dict:
+        content = request.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        dims = valid_dims(request.get("outputDimensionality"), self.EMBEDDING_DIMS)
+        return {"values": embedding_floats(dumps(parts), dims)}
+
+    def embed_content(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        body, err = self.parse_json(req, rid, b)
+        if err:
+            return err
+        if not isinstance(body.get("content"), dict):
+            return self.error(400, rid, "* EmbedContentRequest.content: content is not specified\n", b=b)
+        return self.json_reply(rid, b, {"embedding": self.embedding(body)})
+
+    def batch_embed_contents(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        body, err = self.parse_json(req, rid, b)
+        if err:
+            return err
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests or not all(isinstance(r, dict) for r in requests):
+            return self.error(400, rid, "* BatchEmbedContentsRequest.requests: requests is not specified\n", b=b)
+        return self.json_reply(rid, b, {"embeddings": [self.embedding(r) for r in requests]})
+
+    # ---- GET models, models/{id} ----
+
+    @staticmethod
+    def _model_obj(mid: str, name: str, inp: int, out: int, methods: tuple[str, ...]) -> dict:
+        return {
+            "name": "models/" + mid, "version": "001", "displayName": name, "description": name,
+            "inputTokenLimit": inp, "outputTokenLimit": out, "supportedGenerationMethods": list(methods),
+        }
+
+    def list_models(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        return self.json_reply(rid, b, {"models": [self._model_obj(*m) for m in self.MODELS]})
+
+    def get_model(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        mid = self.path_model(req)
+        for m in self.MODELS:
+            if m[0] == mid:
+                return self.json_reply(rid, b, self._model_obj(*m))
+        return self.error(404, rid, f"models/{mid} is not found for API version "
+                          f"{req.path[1:].partition('/')[0]}", b=b)
+
+
+# --------------------------------------------------------------------------------------------
+# Mistral (providers.md §6)
+# --------------------------------------------------------------------------------------------
+
+
+class MistralHandler(OpenAIHandler):
+    """Mistral API: chat completions and FIM (JSON and SSE), embeddings, models.
+
+    OpenAI-shaped bodies with a 32-hex ``id``, the model named as requested and usage
+    ``{prompt_tokens, completion_tokens, total_tokens}``; a stream carries the usage on its last
+    content chunk (with ``finish_reason``), then ``data: [DONE]``. The gateway in front (Kong)
+    answers 401 and unknown routes with ``{"message", "request_id"}``; the API's own errors are
+    ``{"object":"error",message,type,param,code}``, a missing field 422 (pydantic ``detail``).
+    Keys: ``sk-...`` or 32 letters/digits (the real format).
+    """
+
+    provider = "mistral"
+    REQUEST_ID_HEADER = "mistral-correlation-id"
+    SNAPSHOTS: dict[str, str] = {}
+    OBFUSCATION = False
+    OWNED_BY = "mistralai"
+    DIMENSIONS_PARAM = "output_dimension"
+    BASE64_EMBEDDINGS = False
+    CHAT_MESSAGE_EXTRA = {"tool_calls": None}
+    CHAT_EXTRA: dict[str, Any] = {}
+    BAD_JSON_MESSAGE = "Invalid JSON body"
+    MODELS = (
+        ("mistral-small-latest", 1750000000),
+        ("mistral-large-latest", 1750000000),
+        ("codestral-latest", 1750000000),
+        ("mistral-embed", 1750000000),
+    )
+    ERRORS = {
+        400: ("invalid_model", "Invalid model: {model}"),
+        401: ("unauthorized", "Unauthorized"),
+        403: ("forbidden", "Forbidden"),
+        404: ("not_found", "Not Found"),
+        422: ("invalid_request_error", "Invalid request"),
+        429: ("rate_limited", "Rate limit exceeded"),
+        500: ("internal_server_error", "Internal server error"),
+        503: ("service_unavailable", "Service unavailable"),
+    }
+    CODES = {400: "1500", 429: "1300"}  # status -> the `code` of a forced error
+    forced_error = ProviderHandler.forced_error
+
+    def __init__(self) -> None:
+        self.routes = {
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/fim/completions"): self.fim_completions,
+            ("POST", "/v1/embeddings"): self.embeddings,
+            ("GET", "/v1/models"): self.list_models,
+        }
+
+    def new_request_id(self) -> str:
+        return new_hex()
+
+    def completion_id(self, rid: str) -> str:
+        return new_hex()
+
+    def is_reasoning(self, model: str) -> bool:
+        return False
+
+    # ---- headers, errors, auth ----
+
+    def base_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        return [
+            ("date", http_date()),
+            ("content-type", content_type),
+            ("mistral-correlation-id", rid),
+            ("x-kong-request-id", new_hex(12)),
+            ("x-envoy-upstream-service-time", processing_ms(b)),
+            ("server", "cloudflare"),
+        ]
+
+    def ok_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        return self.base_headers(rid, content_type, b) + [
+            ("x-ratelimit-limit-tokens-minute", "500000"),
+            ("x-ratelimit-remaining-tokens-minute", "499990"),
+            ("x-ratelimit-limit-tokens-month", "1000000000"),
+            ("x-ratelimit-remaining-tokens-month", "999999990"),
+        ]
+
+    def gateway_error(self, status: int, rid: str, message: str, b: Behaviour | None = None) -> Reply:
+        return self.error_reply(status, rid, {"message": message, "request_id": rid}, b)
+
+    def error(
+        self,
+        status: int,
+        rid: str,
+        message: Any,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        b: Behaviour | None = None,
+        extra_headers: list[tuple[str, str]] | None = None,
+    ) -> Reply:
+        if status == 401:
+            return self.gateway_error(401, rid, "Unauthorized", b)
+        obj = {"object": "error", "message": message, "type": type_ or self.error_kind(status),
+               "param": param, "code": code or self.CODES.get(status)}
+        return self.error_reply(status, rid, obj, b, extra_headers)
+
+    def not_found(self, req: ReceivedRequest, path: str, rid: str, b: Behaviour) -> Reply:
+        return self.gateway_error(404, rid, "no Route matched with those values", b)
+
+    def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
+        key = bearer(req)
+        if key_ok(key, ("sk-",)) or (key is not None and len(key) == 32 and key.isalnum()):
+            return None
+        return self.gateway_error(401, rid, "Unauthorized", b)
+
+    def missing_param(self, name: str, body: dict, rid: str, b: Behaviour) -> Reply:
+        detail = [{"type": "missing", "loc": ["body", name], "msg": "Field required", "input": body}]
+        return self.error(422, rid, {"detail": detail}, "invalid_request_error", b=b)
+
+    # ---- usage and streams ----
+
+    def chat_usage(self, prompt: int, words: int, model: str) -> dict:
+        return {"prompt_tokens": prompt, "completion_tokens": words, "total_tokens": prompt + words}
+
+    def chat_stream(
+        self, head: dict, words: list[str], usage: dict, body: dict
+    ) -> tuple[list[bytes], dict[int, dict]]:
+        events = [chat_chunk(head, [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                     "finish_reason": None}])]
+        texts = [delta_text(i, w) for i, w in enumerate(words)] or [""]
+        for text in texts[:-1]:
+            events.append(chat_chunk(head, [{"index": 0, "delta": {"content": text}, "finish_reason": None}]))
+        usage_at = {len(events): usage}
+        events.append(chat_chunk(head, [{"index": 0, "delta": {"content": texts[-1]}, "finish_reason": "stop"}],
+                                 usage=usage))
+        events.append(SSE_DONE)
+        return events, usage_at
+
+    # ---- POST /v1/fim/completions ----
+
+    def fim_completions(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
+        body, err = self.parse_json(req, rid, b)
+        if err:
+            return err
+        model, err = self.require_model(body, rid, b)
+        if err:
+            return err
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            return self.missing_param("prompt", body, rid, b)
+        suffix = body.get("suffix")
+        parts = [{"content": prompt}] + ([{"content": suffix}] if isinstance(suffix, str) and suffix else [])
+        return self.completion_reply(body, model, message_tokens(parts), b, rid)
+
+    # ---- embeddings and models ----
+
+    def embeddings_usage(self, prompt: int) -> dict:
+        return {"prompt_tokens": prompt, "total_tokens": prompt, "completion_tokens": 0}
+
+    def embeddings_payload(self, model: str, data: list, usage: dict) -> dict:
+        return {"id": new_hex(), "object": "list", "data": data, "model": model, "usage": usage}
+
+    def _model_obj(self, mid: str, created: int) -> dict:
+        obj = super()._model_obj(mid, created)
+        obj.update({
+            "capabilities": {"completion_chat": "embed" not in mid, "completion_fim": mid.startswith("codestral"),
+                             "function_calling": "embed" not in mid, "fine_tuning": False, "vision": False},
+            "name": mid, "description": mid, "max_context_length": 131072, "aliases": [],
+            "deprecation": None, "type": "base",
+        })
+        return obj
+
+
+# --------------------------------------------------------------------------------------------
+# xAI (providers.md §7)
+# --------------------------------------------------------------------------------------------
+
+# HTTP status -> the gRPC status description xAI puts in `code`
+GRPC_TEXT = {
+    400: "Client specified an invalid argument",
+    401: "The request does not have valid authentication credentials",
+    403: "The caller does not have permission to execute the specified operation",
+    404: "Some requested entity was not found",
+    409: "Some entity that we attempted to create already exists",
+    412: "The system is not in a state required for the operation's execution",
+    429: "Some resource has been exhausted",
+    499: "The operation was cancelled",
+    500: "Internal error",
+    501: "Operation is not implemented or not supported",
+    503: "The service is currently unavailable",
+    504: "Deadline expired before operation could complete",
+}
+
+
+class XAIHandler(OpenAIHandler):
+    """xAI REST API (OpenAI-compatible): chat completions, responses, embeddings, models.
+
+    Differences from OpenAI: the response id is a UUID (and the upstream request id: no request-id
+    header is sent); ``completion_tokens`` excludes reasoning and ``total_tokens`` includes it
+    (reasoning for ``grok-4*`` and ``grok-3-mini*`` models); usage also has ``num_sources_used``
+    and ``cost_in_usd_ticks`` (1 tick = 1e-10 USD); a chat stream always ends with a usage-only
+    chunk (``choices: []``) before ``[DONE]``; errors are flat ``{"code","error"}``; an invalid
+    key is a 400. Keys: ``xai-...`` or ``sk-...``.
+    """
+
+    provider = "xai"
+    REQUEST_ID_HEADER = None
+    SNAPSHOTS: dict[str, str] = {}
+    OBFUSCATION = False
+    OWNED_BY = "xai"
+    FINGERPRINT = "fp_c85e32c255"
+    CHAT_MESSAGE_EXTRA = {"refusal": None}
+    CHAT_EXTRA = {"system_fingerprint": FINGERPRINT}
+    # USD ticks per token (grok-4 list prices: $3 / $15 per million)
+    INPUT_TICKS = 30_000
+    OUTPUT_TICKS = 150_000
+    MODELS = (
+        ("grok-4", 1752019200),
+        ("grok-4-fast-reasoning", 1758240000),
+        ("grok-4-fast-non-reasoning", 1758240000),
+        ("grok-3", 1743724800),
+        ("grok-3-mini", 1743724800),
+    )
+    ERRORS = {
+        400: (GRPC_TEXT[400], "Invalid request content: the request could not be deserialized."),
+        401: (GRPC_TEXT[401], "No API key provided. You can obtain an API key from https://console.x.ai."),
+        403: (GRPC_TEXT[403], "Your team has either used all available credits or reached its monthly "
+                              "spending limit. To continue making API requests, please purchase more "
+                              "credits or raise your spending limit."),
+        404: (GRPC_TEXT[404], "The model {model} does not exist or your team does not have access to it."),
+        429: (GRPC_TEXT[429], "Rate limit exceeded"),
+        500: (GRPC_TEXT[500], "Internal server error"),
+        503: (GRPC_TEXT[503], "The service is temporarily at capacity. Please retry your request shortly."),
+        504: (GRPC_TEXT[504], "Request timed out"),
+    }
+    forced_error = ProviderHandler.forced_error
+
+    def new_request_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def completion_id(self, rid: str) -> str:
+        return rid
+
+    def response_id(self, rid: str) -> str:
+        return rid
+
+    def is_reasoning(self, model: str) -> bool:
+        return model.startswith(("grok-4", "grok-3-mini")) and "non-reasoning" not in model
+
+    # ---- headers, errors, auth ----
+
+    def base_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        return [("date", http_date()), ("content-type", content_type)]
+
+    def ok_headers(self, rid: str, content_type: str, b: Behaviour) -> list[tuple[str, str]]:
+        return self.base_headers(rid, content_type, b)
+
+    def error_kind(self, status: int) -> str:
+        return GRPC_TEXT.get(status) or GRPC_TEXT[500 if status >= 500 else 400]
+
+    def error(
+        self,
+        status: int,
+        rid: str,
+        message: Any,
+        type_: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        b: Behaviour | None = None,
+        extra_headers: list[tuple[str, str]] | None = None,
+    ) -> Reply:
+        obj = {"code": type_ or self.error_kind(status), "error": message}
+        return self.error_reply(status, rid, obj, b, extra_headers)
+
+    def not_found(self, req: ReceivedRequest, path: str, rid: str, b: Behaviour) -> Reply:
+        return self.error(404, rid, f"No handler found for {req.method} {path}", b=b)
+
+    @staticmethod
+    def mask_key(key: str | None) -> str:
+        # as xAI does: the first and last two characters only (nothing of a short key)
+        if not key or len(key) < 8:
+            return "***"
+        return key[:2] + "***" + key[-2:]
+
+    def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
+        key = bearer(req)
+        if key is None:
+            return self.error(401, rid, self.ERRORS[401][1], b=b)
+        if not key_ok(key, ("xai-", "sk-")):
+            return self.error(
+                400, rid, f"Incorrect API key provided: {self.mask_key(key)}. You can obtain an API key "
+                "from https://console.x.ai.", b=b,
+            )
+        return None
+
+    # ---- usage ----
+
+    def extra_usage(self, prompt: int, output: int) -> dict:
+        return {"num_sources_used": 0, "cost_in_usd_ticks": prompt * self.INPUT_TICKS + output * self.OUTPUT_TICKS}
+
+    def chat_usage(self, prompt: int, words: int, model: str) -> dict:
+        reasoning = self.REASONING_TOKENS if self.is_reasoning(model) else 0
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": words,  # xAI: completion_tokens excludes reasoning ...
+            "total_tokens": prompt + words + reasoning,  # ... and total_tokens includes it
+            "prompt_tokens_details": {"text_tokens": prompt, "audio_tokens": 0, "image_tokens": 0,
+                                      "cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            **self.extra_usage(prompt, words + reasoning),
+        }
+
+    def responses_usage(self, prompt: int, words: int, model: str) -> dict:
+        usage = super().responses_usage(prompt, words, model)
+        usage.update(self.extra_usage(prompt, usage["output_tokens"]))
+        return usage
+
+    def chat_stream(
+        self, head: dict, words: list[str], usage: dict, body: dict
+    ) -> tuple[list[bytes], dict[int, dict]]:
+        fp = self.FINGERPRINT
+        events = []
+        for i, w in enumerate(words):
+            delta = {"content": delta_text(i, w)}
+            if i == 0:
+                delta["role"] = "assistant"
+            events.append(chat_chunk(head, [{"index": 0, "delta": delta}], system_fingerprint=fp))
+        events.append(chat_chunk(head, [{"index": 0, "delta": {}, "finish_reason": "stop"}], system_fingerprint=fp))
+        usage_at = {len(events): usage}  # always, with or without stream_options.include_usage
+        events.append(chat_chunk(head, [], usage=usage, system_fingerprint=fp))
+        events.append(SSE_DONE)
+        return events, usage_at
 
 
 # provider name -> factory (zero-argument callable, e.g. a class) returning a Handler
 HANDLERS: dict[str, Callable[[], Handler]] = {
     "openai": OpenAIHandler,
+    "anthropic": AnthropicHandler,
+    "gemini": GeminiHandler,
+    "mistral": MistralHandler,
+    "xai": XAIHandler,
 }
 
 

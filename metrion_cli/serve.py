@@ -20,6 +20,7 @@ class ServeConfig:
     ports: dict[str, int | None] = field(default_factory=dict)  # provider -> port; None = off
     upstreams: dict[str, str] = field(default_factory=dict)   # provider -> upstream URL
     extra_options: dict = field(default_factory=dict)         # any other mitmproxy option
+    set_specs: list[str] = field(default_factory=list)        # "name=value", as mitmdump --set
 
 
 def proxy_options(config: ServeConfig, providers: list[str], defaults: dict[str, str]) -> dict:
@@ -56,13 +57,14 @@ class Announce:
             if not isinstance(server.mode, ReverseMode):
                 continue
             provider = self.upstream_of.get(server.mode.data.rstrip("/").lower(), "?")
-            for host, port, *_ in server.listen_addrs:
+            # A listener may hold a TCP and a UDP socket on the same address: one line each.
+            for host, port in dict.fromkeys((a[0], a[1]) for a in server.listen_addrs):
                 print(f"metrion: {provider} listening on http://{host}:{port} -> {server.mode.data}",
                       flush=True)
         print("metrion: ready", flush=True)
 
 
-async def run_lean_master(settings: dict, extra_addons: list) -> int:
+async def run_lean_master(settings: dict, extra_addons: list, set_specs: list[str] = ()) -> int:
     """mitmproxy's five core addons plus `extra_addons`, with `settings` applied; runs until
     SIGTERM/SIGINT. Without extra addons it is the ceiling the benchmark compares against."""
     from mitmproxy import exceptions, master, options
@@ -76,6 +78,8 @@ async def run_lean_master(settings: dict, extra_addons: list) -> int:
     )
     try:
         opts.update(**settings)
+        if set_specs:
+            opts.set(*set_specs)
     except exceptions.OptionsError as e:
         print(f"metrion serve: {e}", file=sys.stderr)
         return 1
@@ -101,7 +105,7 @@ async def _run(config: ServeConfig) -> int:
     settings = proxy_options(config, list(providers.PROVIDERS), upstreams)
     settings["confdir"] = str(config_confdir(config))
     announce = Announce({v.rstrip("/").lower(): k for k, v in upstreams.items()})
-    return await run_lean_master(settings, [*make_addons(), announce])
+    return await run_lean_master(settings, [*make_addons(), announce], config.set_specs)
 
 
 def _quiet_cancellations(loop, context) -> None:

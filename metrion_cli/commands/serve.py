@@ -34,8 +34,11 @@ def port_or_off(value: str) -> int | None:
               "stream_options.include_usage) and hide the extra usage chunk from the client.")
 @click.option("--anthropic-version", metavar="VERSION",
               help="The anthropic-version sent upstream (default 2023-06-01).")
+@click.option("--set", "set_specs", multiple=True, metavar="OPTION=VALUE",
+              help="Any mitmproxy or metrion_* option, as mitmdump's --set "
+              "(e.g. metrion_default_rpm=600).")
 @click.pass_obj
-def serve(paths, host, ports, upstreams, stream_usage, anthropic_version):
+def serve(paths, host, ports, upstreams, stream_usage, anthropic_version, set_specs):
     """Run the gateway: one reverse-proxy listener per provider.
 
     \b
@@ -48,7 +51,8 @@ def serve(paths, host, ports, upstreams, stream_usage, anthropic_version):
         data_dir=str(paths.data_dir), host=host, ports=parse_pairs(ports, port_or_off, "PORT"),
         upstreams=parse_pairs(upstreams, str, "URL"),
         extra_options={"metrion_stream_usage": stream_usage,
-                       **({"metrion_anthropic_version": anthropic_version} if anthropic_version else {})})
+                       **({"metrion_anthropic_version": anthropic_version} if anthropic_version else {})},
+        set_specs=list(set_specs))
     raise SystemExit(run(config))
 
 
