@@ -8,11 +8,12 @@ from addons.quota import Quota
 from addons.recorder import Recorder
 from addons.router import Router
 from addons.store import Store
+from addons.upstream import UpstreamErrors
 
 
 def make_addons() -> list:
     store = Store()
-    return [store, Router(), Credentials(store), Quota(store), Recorder(store)]
+    return [store, Router(), Credentials(store), Quota(store), UpstreamErrors(), Recorder(store)]
 
 
 addons = make_addons()

@@ -192,7 +192,7 @@ def base_row(flow: http.HTTPFlow, meta: dict) -> dict:
         "provider": meta.get("provider"),
         "method": request.method,
         "endpoint": request.path.split("?", 1)[0][:500],
-        "status": response.status_code if response else None,
+        "status": response.status_code if response else meta.get("status"),
         "streamed": 0,
         "forwarded": 0 if meta.get("refused") or not meta.get("provider") else 1,
         "ttfb_ms": round((response.timestamp_start - arrived) * 1000, 3) if response and response.timestamp_start else None,

@@ -1,0 +1,43 @@
+"""Upstream failures, against a real `metrion serve`: the client gets the provider's shape, the
+row says what happened, and the proxy serves the next request."""
+
+import time
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from conftest import free_port
+from metrion_cli.fakes import Behaviour
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_upstream_down_gets_502_in_openai_shape(acme, start_gateway):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    gateway = start_gateway({"openai": dead})
+    started = time.monotonic()
+    r = httpx.post(gateway.url() + "/v1/chat/completions", json=BODY,
+                   headers={"authorization": f"Bearer {acme.token}"}, timeout=30)
+    assert time.monotonic() - started < 5
+    assert r.status_code == 502
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and "could not be reached" in error["message"]
+    with pytest.raises(openai.InternalServerError):
+        openai.OpenAI(api_key=acme.token, base_url=gateway.url() + "/v1", max_retries=0).chat.completions.create(**BODY)
+    rows = gateway.wait_rows(2)
+    assert [r["status"] for r in rows] == [502, 502] and all(r["error"] for r in rows)
+
+
+def test_upstream_reset_mid_stream_ends_the_stream_with_an_error(gateway, acme, fake_openai):
+    fake_openai.behaviour = Behaviour(reset_after_chunks=2, chunks=6)
+    client = openai.OpenAI(api_key=acme.token, base_url=gateway.url() + "/v1", max_retries=0)
+    stream = client.chat.completions.create(**BODY, stream=True, stream_options={"include_usage": True})
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
+    [row] = gateway.wait_rows(1)
+    assert row["status"] == 200 and row["streamed"] == 1 and row["error"]
+    assert row["client_aborted"] == 0
+    fake_openai.behaviour = Behaviour()
+    assert client.chat.completions.create(**BODY).choices[0].message.content
