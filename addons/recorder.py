@@ -57,7 +57,7 @@ class SSETap:
     back an unfinished one, and drops the events `hide_event` names.
     """
 
-    __slots__ = ("reader", "parser", "decode", "bytes", "broken", "hide_event", "held")
+    __slots__ = ("reader", "parser", "decode", "bytes", "broken", "hide_event", "held", "last_chunk_at")
     streamed = True
 
     def __init__(self, reader: providers.StreamReader, encoding: str, hide_event=None) -> None:
@@ -67,12 +67,14 @@ class SSETap:
         self.broken: str | None = None
         self.hide_event = hide_event if encoding in ("", "identity") else None
         self.held = b""
+        self.last_chunk_at = 0.0
         try:
             self.decode = incremental_decoder(encoding)
         except ValueError as e:
             self.decode, self.broken = None, str(e)
 
     def __call__(self, chunk: bytes):
+        self.last_chunk_at = time.monotonic()
         if self.hide_event is not None:
             return self._filter(chunk)
         self.bytes += len(chunk)
@@ -118,15 +120,17 @@ class SSETap:
 class BodyTap:
     """The `flow.response.stream` callable for other bodies: passes chunks on, keeps a copy."""
 
-    __slots__ = ("chunks", "bytes", "encoding")
+    __slots__ = ("chunks", "bytes", "encoding", "last_chunk_at")
     streamed = False
 
     def __init__(self, encoding: str) -> None:
         self.chunks: list[bytes] = []
         self.bytes = 0
         self.encoding = encoding
+        self.last_chunk_at = 0.0
 
     def __call__(self, chunk: bytes) -> bytes:
+        self.last_chunk_at = time.monotonic()
         self.bytes += len(chunk)
         if self.bytes <= MAX_BODY_COPY:
             self.chunks.append(chunk)
@@ -226,7 +230,7 @@ def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
         if upstream_error and not row["error"] and (tap.streamed or response.status_code >= 400):
             row["error"] = upstream_error
     if flow.error:
-        row["error"] = flow.error.msg[:500]
+        row["error"] = (meta.get("upstream_error") or flow.error.msg)[:500]
         row["client_aborted"] = int(flow.client_conn.timestamp_end is not None
                                     or flow.error.msg.startswith("Client disconnected"))
     if model is None:

@@ -41,3 +41,30 @@ def test_upstream_reset_mid_stream_ends_the_stream_with_an_error(gateway, acme, 
     assert row["client_aborted"] == 0
     fake_openai.behaviour = Behaviour()
     assert client.chat.completions.create(**BODY).choices[0].message.content
+
+
+def test_upstream_silent_before_answering_gets_504(acme, fake_openai, start_gateway):
+    fake_openai.behaviour = Behaviour(first_byte_delay=6)
+    gateway = start_gateway({"openai": fake_openai.url}, extra=["--set", "metrion_upstream_timeout=1"])
+    started = time.monotonic()
+    r = httpx.post(gateway.url() + "/v1/chat/completions", json=BODY,
+                   headers={"authorization": f"Bearer {acme.token}"}, timeout=30)
+    assert r.status_code == 504 and time.monotonic() - started < 4
+    assert r.json()["error"]["type"] == "server_error" and "in time" in r.json()["error"]["message"]
+    [row] = gateway.wait_rows(1)
+    assert row["status"] == 504 and "no bytes from the upstream for 1 s" in row["error"]
+
+
+def test_upstream_stalling_mid_stream_ends_the_stream(acme, fake_openai, start_gateway):
+    fake_openai.behaviour = Behaviour(stall_after_chunks=2, chunks=6)
+    gateway = start_gateway({"openai": fake_openai.url}, extra=["--set", "metrion_upstream_timeout=1"])
+    client = openai.OpenAI(api_key=acme.token, base_url=gateway.url() + "/v1", max_retries=0, timeout=20)
+    started = time.monotonic()
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(**BODY, stream=True):
+            pass
+    assert time.monotonic() - started < 5
+    [row] = gateway.wait_rows(1)
+    assert row["status"] == 200 and "no bytes from the upstream for 1 s" in row["error"]
+    fake_openai.behaviour = Behaviour()
+    assert client.chat.completions.create(**BODY).choices[0].message.content
