@@ -3,6 +3,7 @@
 `metrion serve` builds the same list into its own lean Master (metrion_cli/serve.py).
 """
 
+from addons.bodycheck import BodyCheck
 from addons.credentials import Credentials
 from addons.quota import Quota
 from addons.recorder import Recorder
@@ -13,7 +14,7 @@ from addons.upstream import UpstreamErrors
 
 def make_addons() -> list:
     store = Store()
-    return [store, Router(), Credentials(store), Quota(store), UpstreamErrors(), Recorder(store)]
+    return [store, Router(), Credentials(store), BodyCheck(), Quota(store), UpstreamErrors(), Recorder(store)]
 
 
 addons = make_addons()

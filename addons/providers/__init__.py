@@ -55,6 +55,7 @@ class Provider(Protocol):
     CREDENTIALS: tuple[CredentialSlot, ...]
     REQUEST_ID_HEADER: str | None
     FIXED_REQUEST_HEADERS: dict[str, str]
+    REQUIRED_FIELDS: dict[str, tuple[str, ...]]
 
     def error(self, kind: str, message: str) -> tuple[int, dict[str, str], bytes]: ...
 
@@ -91,6 +92,40 @@ def dig(obj: Any, *keys: str) -> Any:
             return None
         obj = obj.get(key)
     return obj
+
+
+# Bodies above this are not parsed on the event loop: only their first byte and the required
+# keys' names are looked for.
+MAX_PARSED_BODY = 2 * 1024 * 1024
+
+
+def request_problem(required: dict[str, tuple[str, ...]], method: str, path: str, body: bytes) -> str | None:
+    """Why a request cannot be valid for its endpoint (a message for a 400), or None.
+
+    Only endpoints listed in `required` are judged, and only on what every request of theirs
+    needs; anything else is the provider's to judge. Never raises.
+    """
+    if method != "POST":
+        return None
+    route = path.split("?", 1)[0]
+    fields = next((f for suffix, f in required.items() if route.endswith(suffix)), None)
+    if fields is None:
+        return None
+    if len(body) > MAX_PARSED_BODY:
+        if body.lstrip()[:1] != b"{":
+            return "the request body is not a JSON object"
+        missing = [f for f in fields if f'"{f}"'.encode() not in body]
+    else:
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            return "the request body is not valid JSON"
+        if not isinstance(value, dict):
+            return "the request body is not a JSON object"
+        missing = [f for f in fields if f not in value]
+    if missing:
+        return f"the request body lacks required field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+    return None
 
 
 def json_object(data: bytes) -> dict | None:

@@ -12,6 +12,10 @@ CREDENTIALS = (CredentialSlot("header", "x-api-key"), CredentialSlot("header", "
 REQUEST_ID_HEADER = "request-id"
 # The one change Metrion makes to a request (configurable: metrion_anthropic_version).
 FIXED_REQUEST_HEADERS = {"anthropic-version": "2023-06-01"}
+REQUIRED_FIELDS = {
+    "/v1/messages": ("model", "max_tokens", "messages"),
+    "/v1/messages/count_tokens": ("model", "messages"),
+}
 
 _ERRORS = {
     "missing_credential": (401, "authentication_error"),

@@ -21,6 +21,13 @@ CREDENTIALS = (
 )
 REQUEST_ID_HEADER = None  # the SDK reads none; the body has responseId
 FIXED_REQUEST_HEADERS: dict[str, str] = {}
+REQUIRED_FIELDS = {
+    ":generateContent": ("contents",),
+    ":streamGenerateContent": ("contents",),
+    ":embedContent": ("content",),
+    ":batchEmbedContents": ("requests",),
+    "/openai/chat/completions": ("model", "messages"),
+}
 
 _MODEL_IN_PATH = re.compile(r"/models/([^/:?]+)")
 

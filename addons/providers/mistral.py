@@ -12,6 +12,10 @@ DEFAULT_UPSTREAM = "https://api.mistral.ai"
 CREDENTIALS = (CredentialSlot("header", "authorization", "Bearer "),)
 REQUEST_ID_HEADER = "mistral-correlation-id"
 FIXED_REQUEST_HEADERS: dict[str, str] = {}
+REQUIRED_FIELDS = {
+    "/v1/chat/completions": ("model", "messages"),
+    "/v1/fim/completions": ("model", "prompt"),
+}
 
 _TYPES = {
     "bad_request": "invalid_request_error", "not_found": "not_found", "monthly_cap": "rate_limited",

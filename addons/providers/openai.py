@@ -9,6 +9,12 @@ DEFAULT_UPSTREAM = "https://api.openai.com"
 CREDENTIALS = (CredentialSlot("header", "authorization", "Bearer "),)
 REQUEST_ID_HEADER = "x-request-id"
 FIXED_REQUEST_HEADERS: dict[str, str] = {}
+# What every request of an endpoint needs (path suffix -> top-level fields); else 400, unsent.
+REQUIRED_FIELDS = {
+    "/chat/completions": ("model", "messages"),
+    "/responses": ("model",),
+    "/embeddings": ("model", "input"),
+}
 
 NO_USAGE_IN_STREAM = (
     "not reported: a chat stream carries usage only when the client sets "

@@ -13,6 +13,10 @@ DEFAULT_UPSTREAM = "https://api.x.ai"
 CREDENTIALS = (CredentialSlot("header", "authorization", "Bearer "),)
 REQUEST_ID_HEADER = None  # unverified whether one is sent (providers.md)
 FIXED_REQUEST_HEADERS: dict[str, str] = {}
+REQUIRED_FIELDS = {
+    "/v1/chat/completions": ("model", "messages"),
+    "/v1/responses": ("model",),
+}
 
 _GRPC_TEXT = {
     400: "Client specified an invalid argument",

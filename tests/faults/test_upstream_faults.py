@@ -68,3 +68,20 @@ def test_upstream_stalling_mid_stream_ends_the_stream(acme, fake_openai, start_g
     assert row["status"] == 200 and "no bytes from the upstream for 1 s" in row["error"]
     fake_openai.behaviour = Behaviour()
     assert client.chat.completions.create(**BODY).choices[0].message.content
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"{not json", "not valid JSON"), (b'{"model": "gpt-4o-mini"}', "messages"),
+])
+def test_malformed_body_gets_400_unsent_and_uncounted(acme, run_cli, fake_openai, start_gateway, body, message):
+    run_cli("quota", "set", "acme", "1")
+    gateway = start_gateway({"openai": fake_openai.url})
+    headers = {"authorization": f"Bearer {acme.token}", "content-type": "application/json"}
+    r = httpx.post(gateway.url() + "/v1/chat/completions", content=body, headers=headers)
+    assert r.status_code == 400 and message in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert fake_openai.received == []
+    # the one request the cap allows is still there
+    assert httpx.post(gateway.url() + "/v1/chat/completions", json=BODY, headers=headers).status_code == 200
+    rows = gateway.wait_rows(2)
+    assert [(r["status"], r["forwarded"]) for r in rows] == [(400, 0), (200, 1)]
