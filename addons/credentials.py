@@ -10,6 +10,7 @@
 - Fails closed: any error here answers 500 rather than forwarding the token.
 """
 
+import time
 import urllib.parse
 
 from mitmproxy import http
@@ -45,24 +46,47 @@ def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str
         flow.request.path = f"{path}?{'&'.join(parts)}"
 
 
+# A token not in the snapshot triggers one reload (it may be seconds old); a token still unknown
+# after that is not looked for again for this long, so garbage tokens cannot hammer the database.
+UNKNOWN_TOKEN_TTL = 1.0
+
+
 class Credentials:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._unknown: dict[str, float] = {}  # token sha256 -> when to look again
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         meta = flow.metadata.get("metrion")
         if not meta or not meta.get("provider"):
             return
         try:
-            self._authorise(flow, meta, providers.get(meta["provider"]))
+            provider = providers.get(meta["provider"])
+            found = find_credentials(flow, provider.CREDENTIALS)
+            await self._know_tokens(found, meta.get("metrion_token"))
+            self._authorise(flow, meta, provider, found)
         except Exception as e:
             fail_closed(flow, "Credentials", e)
 
-    def _authorise(self, flow: http.HTTPFlow, meta: dict, provider) -> None:
+    async def _know_tokens(self, found, claimed: str | None) -> None:
+        """Make sure the snapshot has seen the tokens of this request, reloading once if not."""
+        tokens = [v for _, v in found if v.startswith(TOKEN_PREFIX)] + ([claimed] if claimed else [])
+        now = time.monotonic()
+        missing = [h for h in map(hash_token, tokens)
+                   if h not in self.store.directory.tokens and self._unknown.get(h, 0.0) < now]
+        if not missing:
+            return
+        await self.store.refresh()
+        if len(self._unknown) > 10_000:
+            self._unknown.clear()
+        for sha in missing:
+            if sha not in self.store.directory.tokens:
+                self._unknown[sha] = now + UNKNOWN_TOKEN_TTL
+
+    def _authorise(self, flow: http.HTTPFlow, meta: dict, provider, found) -> None:
         directory = self.store.directory
-        found = find_credentials(flow, provider.CREDENTIALS)
         if not found:
             return refuse(flow, "missing_credential",
                           "no API key: send your Metrion token (mtr_...) or a provider key")

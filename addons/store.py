@@ -41,6 +41,7 @@ class Store:
         self.writer: Writer | None = None
         self._reloader: asyncio.Task | None = None
         self._version_conn = None  # used only by the reload thread
+        self._refreshing: asyncio.Future | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -69,13 +70,23 @@ class Store:
     async def _reload_forever(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
-            try:
-                fresh = await asyncio.to_thread(self._load_if_changed)
-            except Exception as e:  # keep serving with the last good snapshot
-                logger.error("metrion: could not reload accounts and keys: %s", e)
-                continue
-            if fresh is not None:
-                self.directory = fresh
+            await self.refresh()  # on failure, it logs and keeps the last good snapshot
+
+    async def refresh(self) -> None:
+        """Reload now if anything changed: one reload in a worker thread, shared by all callers."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(asyncio.to_thread(self._load_if_changed))
+            self._refreshing.add_done_callback(self._refreshed)
+        await asyncio.wait([self._refreshing])
+
+    def _refreshed(self, task: asyncio.Future) -> None:
+        self._refreshing = None
+        if task.cancelled():
+            return
+        if task.exception() is not None:  # keep serving with the last good snapshot
+            logger.error("metrion: could not reload accounts and keys: %s", task.exception())
+        elif task.result() is not None:
+            self.directory = task.result()
 
     def _load_if_changed(self) -> directorymod.Directory | None:
         assert self.paths and self.vault

@@ -224,3 +224,10 @@ def test_account_without_a_key_for_the_provider_gets_401_saying_so(start_gateway
     assert fake_openai.received == []
     [row] = gateway.wait_rows(1)
     assert row["status"] == 401 and row["account_id"] == account_id(gateway, "keyless")
+
+
+def test_a_token_created_while_serving_works_at_once(gateway, run_cli, secrets_used, fake_openai):
+    token = run_cli("tokens", "create", "acme", "--quiet").output.strip()
+    secrets_used.append(token)
+    assert client(gateway, token).models.list().data
+    assert len(fake_openai.received) == 1

@@ -13,7 +13,7 @@ print(reply.choices[0].message.content)"""),
     "anthropic": ("anthropic", "ANTHROPIC_BASE_URL={base}\nANTHROPIC_API_KEY={token}", """\
 from anthropic import Anthropic
 client = Anthropic(api_key="{token}", base_url="{base}")
-reply = client.messages.create(model="claude-sonnet-4-5", max_tokens=256, messages=[{{"role": "user", "content": "Hello"}}])
+reply = client.messages.create(model="claude-sonnet-4-6", max_tokens=256, messages=[{{"role": "user", "content": "Hello"}}])
 print(reply.content[0].text)"""),
     "gemini": ("google-genai", "GOOGLE_GEMINI_BASE_URL={base}\nGEMINI_API_KEY={token}", """\
 from google import genai

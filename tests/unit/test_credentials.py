@@ -1,5 +1,6 @@
 """Credentials against a real (temporary) data directory, driven with taddons."""
 
+import asyncio
 import json
 
 import pytest
@@ -38,7 +39,7 @@ def setup(data_dir):
 
 def run(router, credentials, flow):
     router.request(flow)
-    credentials.request(flow)
+    asyncio.get_event_loop().run_until_complete(credentials.request(flow))
     return flow
 
 

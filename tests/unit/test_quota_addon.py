@@ -1,5 +1,6 @@
 """Quota with an injected clock: a month boundary crossed without waiting."""
 
+import asyncio
 import datetime
 import json
 
@@ -46,7 +47,9 @@ def chain(data_dir):
         def send():
             flow = openai_flow(headers={"authorization": f"Bearer {token}"})
             for addon in addons[1:]:
-                addon.request(flow)
+                result = addon.request(flow)
+                if asyncio.iscoroutine(result):
+                    asyncio.get_event_loop().run_until_complete(result)
             return flow
 
         yield send, clock, store
