@@ -390,14 +390,28 @@ def valid_dims(value: Any, default: int) -> int:
     return default
 
 
+@dataclass
+class ErrorSpec:
+    """What an error reply says; ``ProviderHandler.error_body`` shapes it the provider's way."""
+
+    status: int
+    rid: str
+    message: Any
+    kind: str  # the provider's error type (Anthropic type, Google RPC status, xAI gRPC text, ...)
+    param: str | None = None
+    code: str | None = None
+    details: list | None = None
+    b: Behaviour = field(default_factory=Behaviour)
+
+
 class ProviderHandler:
     """Base of the provider handlers: dispatch, request ids, errors and reply building.
 
     ``__call__`` answers a forced status (Behaviour.status) with ``forced_error``, finds the route
     for the path (query string ignored) with ``find_route`` (404 via ``not_found``), checks the
     credentials with ``check_auth`` and calls ``route(request, behaviour, request_id)``.
-    A subclass provides ``routes``, ``error`` (the provider's error shape), ``base_headers`` and
-    ``check_auth``; ``ERRORS`` maps a status to (error kind, message) for forced errors.
+    A subclass provides ``routes``, ``error_body`` (the provider's error shape), ``base_headers``
+    and ``check_auth``; ``ERRORS`` maps a status to (error kind, message) for forced errors.
 
     ``Reply.request_id`` (so ``SentResponse.request_id``) is the provider's upstream request id
     as providers.md §1 defines it: the ``REQUEST_ID_HEADER`` value where the provider sends one,
@@ -463,22 +477,23 @@ class ProviderHandler:
         code: str | None = None,
         b: Behaviour | None = None,
         extra_headers: list[tuple[str, str]] | None = None,
+        details: list | None = None,
     ) -> Reply:
-        """The provider's error reply (``type_`` is its error kind; default from ``ERRORS``)."""
+        """The provider's error reply; ``type_`` is its error kind (default ``error_kind``)."""
+        b = b or _DEFAULT_BEHAVIOUR
+        spec = ErrorSpec(status, rid, message, type_ or self.error_kind(status), param, code, details, b)
+        headers = self.base_headers(rid, self.JSON_TYPE, b)
+        if extra_headers:
+            headers += extra_headers
+        return Reply(status, headers, body=dumps(self.error_body(spec)), request_id=self.header_request_id(rid))
+
+    def error_body(self, e: ErrorSpec) -> Any:
+        """The JSON error body."""
         raise NotImplementedError
 
     def error_kind(self, status: int) -> str:
         spec = self.ERRORS.get(status) or self.ERRORS[500 if status >= 500 else 400]
         return spec[0]
-
-    def error_reply(
-        self, status: int, rid: str, obj: Any, b: Behaviour | None = None,
-        extra_headers: list[tuple[str, str]] | None = None,
-    ) -> Reply:
-        headers = self.base_headers(rid, self.JSON_TYPE, b or _DEFAULT_BEHAVIOUR)
-        if extra_headers:
-            headers += extra_headers
-        return Reply(status, headers, body=dumps(obj), request_id=self.header_request_id(rid))
 
     def retry_headers(self, b: Behaviour) -> list[tuple[str, str]]:
         return [("retry-after", b.retry_after)] if b.retry_after is not None else []
@@ -632,19 +647,12 @@ class OpenAIHandler(ProviderHandler):
         ]
         return h
 
-    def error(
-        self,
-        status: int,
-        rid: str,
-        message: Any,
-        type_: str | None = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        b: Behaviour | None = None,
-        extra_headers: list[tuple[str, str]] | None = None,
-    ) -> Reply:
-        obj = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-        return self.error_reply(status, rid, obj, b, extra_headers)
+    def error_body(self, e: ErrorSpec) -> Any:
+        return {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}
+
+    def error_kind(self, status: int) -> str:
+        # OpenAI's own errors name their type where it is not this; a subclass uses its ERRORS
+        return super().error_kind(status) if self.ERRORS else "invalid_request_error"
 
     def not_found(self, req: ReceivedRequest, path: str, rid: str, b: Behaviour) -> Reply:
         return self.error(404, rid, f"Invalid URL ({req.method} {path})")
@@ -686,6 +694,8 @@ class OpenAIHandler(ProviderHandler):
 
     def forced_error(self, status: int, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
         """The error reply for Behaviour.status / x-fake-status (providers.md error table)."""
+        if self.ERRORS:  # an OpenAI-compatible provider with its own table
+            return super().forced_error(status, req, b, rid)
         if status == 401:
             return self.invalid_key(rid, bearer(req), b)
         if status == 400:
@@ -751,6 +761,14 @@ class OpenAIHandler(ProviderHandler):
             return None, self.missing_param("model", body, rid, b)
         return model, None
 
+    def model_request(self, req: ReceivedRequest, rid: str, b: Behaviour) -> tuple[Any, Any, Reply | None]:
+        """(JSON body, model, None), or (.., .., the error reply) for a bad body or no model."""
+        body, err = self.parse_json(req, rid, b)
+        if err:
+            return None, None, err
+        model, err = self.require_model(body, rid, b)
+        return body, model, err
+
     # ---- ids, model naming and usage ----
 
     def completion_id(self, rid: str) -> str:
@@ -792,10 +810,7 @@ class OpenAIHandler(ProviderHandler):
     # ---- POST /v1/chat/completions ----
 
     def chat_completions(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
-        body, err = self.parse_json(req, rid, b)
-        if err:
-            return err
-        model, err = self.require_model(body, rid, b)
+        body, model, err = self.model_request(req, rid, b)
         if err:
             return err
         messages = body.get("messages")
@@ -830,12 +845,13 @@ class OpenAIHandler(ProviderHandler):
             return self.json_reply(rid, b, payload, usage, snap, request_id=rid)
         head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": snap}
         events, usage_at = self.chat_stream(head, words, usage, body)
+        events.append(SSE_DONE)  # every OpenAI-style chat stream ends so
         return self.stream_reply(rid, b, events, usage_at, snap, request_id=rid)
 
     def chat_stream(
         self, head: dict, words: list[str], usage: dict, body: dict
     ) -> tuple[list[bytes], dict[int, dict]]:
-        """The SSE events of a streamed chat completion and their ``usage_at``."""
+        """The SSE events of a streamed chat completion (before ``[DONE]``) and their ``usage_at``."""
         opts = body.get("stream_options")
         opts = opts if isinstance(opts, dict) else {}
         include_usage = opts.get("include_usage") is True
@@ -857,16 +873,12 @@ class OpenAIHandler(ProviderHandler):
         if include_usage:
             usage_at[len(events)] = usage
             events.append(chat_chunk(head, [], usage=usage))
-        events.append(SSE_DONE)
         return events, usage_at
 
     # ---- POST /v1/responses ----
 
     def responses(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
-        body, err = self.parse_json(req, rid, b)
-        if err:
-            return err
-        model, err = self.require_model(body, rid, b)
+        body, model, err = self.model_request(req, rid, b)
         if err:
             return err
         inp = body.get("input")
@@ -978,10 +990,7 @@ class OpenAIHandler(ProviderHandler):
     # ---- POST /v1/embeddings ----
 
     def embeddings(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
-        body, err = self.parse_json(req, rid, b)
-        if err:
-            return err
-        model, err = self.require_model(body, rid, b)
+        body, model, err = self.model_request(req, rid, b)
         if err:
             return err
         inp = body.get("input")
@@ -1133,20 +1142,8 @@ class AnthropicHandler(ProviderHandler):
             ]
         return h
 
-    def error(
-        self,
-        status: int,
-        rid: str,
-        message: Any,
-        type_: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        b: Behaviour | None = None,
-        extra_headers: list[tuple[str, str]] | None = None,
-    ) -> Reply:
-        obj = {"type": "error", "error": {"type": type_ or self.error_kind(status), "message": message},
-               "request_id": rid}
-        return self.error_reply(status, rid, obj, b, extra_headers)
+    def error_body(self, e: ErrorSpec) -> Any:
+        return {"type": "error", "error": {"type": e.kind, "message": e.message}, "request_id": e.rid}
 
     def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
         key = req.header("x-api-key")
@@ -1314,12 +1311,23 @@ GEMINI_NO_KEY = (
 GEMINI_BAD_KEY = "API key not valid. Please pass a valid API key."
 
 
+def pget(obj: Any, name: str) -> Any:
+    """Field ``name`` (lowerCamelCase) of a proto-JSON object, also under its snake_case name,
+    as Google's JSON parser accepts both (google-genai sends e.g. ``thinking_budget``)."""
+    if not isinstance(obj, dict):
+        return None
+    value = obj.get(name)
+    if value is None:
+        value = obj.get("".join("_" + c.lower() if c.isupper() else c for c in name))
+    return value
+
+
 def google_id() -> str:
     """A Gemini ``responseId``-like id (23 URL-safe base64 characters)."""
     return base64.urlsafe_b64encode(os.urandom(17)).rstrip(b"=").decode("ascii")
 
 
-class GoogleStyle:
+class GoogleStyle(ProviderHandler):
     """What Gemini's native API and its OpenAI-compatible route share: key check, error shape
     ``{"error":{code,message,status,details}}`` (a one-element list where ``LIST_ERRORS``),
     Google frontend headers, no request-id header, the retry hint in a RetryInfo detail."""
@@ -1347,9 +1355,6 @@ class GoogleStyle:
         504: ("DEADLINE_EXCEEDED", "The request timed out. Please try again."),
     }
 
-    error_reply: Callable[..., Reply]
-    error_kind: Callable[[int], str]
-
     def new_request_id(self) -> str:
         return google_id()
 
@@ -1376,26 +1381,12 @@ class GoogleStyle:
     def retry_headers(self, b: Behaviour) -> list[tuple[str, str]]:
         return []  # the retry hint goes in the body (RetryInfo)
 
-    def error(
-        self,
-        status: int,
-        rid: str,
-        message: Any,
-        type_: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        b: Behaviour | None = None,
-        extra_headers: list[tuple[str, str]] | None = None,
-        details: list[dict] | None = None,
-    ) -> Reply:
-        b = b or _DEFAULT_BEHAVIOUR
-        if details is None and status == 429:
-            details = self.quota_details(b)
-        err: dict[str, Any] = {"code": status, "message": message, "status": type_ or self.error_kind(status)}
+    def error_body(self, e: ErrorSpec) -> Any:
+        details = self.quota_details(e.b) if e.details is None and e.status == 429 else e.details
+        err: dict[str, Any] = {"code": e.status, "message": e.message, "status": e.kind}
         if details:
             err["details"] = details
-        obj = {"error": err}
-        return self.error_reply(status, rid, [obj] if self.LIST_ERRORS else obj, b, extra_headers)
+        return [{"error": err}] if self.LIST_ERRORS else {"error": err}
 
     @staticmethod
     def quota_details(b: Behaviour) -> list[dict]:
@@ -1453,8 +1444,6 @@ class GeminiOpenAIHandler(GoogleStyle, OpenAIHandler):  # type: ignore[misc]
     OWNED_BY = "google"
     MODELS_PATH = None
     MODELS = (("gemini-2.5-flash", 1750000000), ("gemini-2.5-pro", 1750000000), ("gemini-2.0-flash", 1738000000))
-    forced_error = ProviderHandler.forced_error
-
     def __init__(self) -> None:
         self.routes = {
             ("POST", self.PREFIX + "/chat/completions"): self.chat_completions,
@@ -1472,7 +1461,7 @@ class GeminiOpenAIHandler(GoogleStyle, OpenAIHandler):  # type: ignore[misc]
         return self.key_error(bearer(req), rid, b)
 
 
-class GeminiHandler(GoogleStyle, ProviderHandler):
+class GeminiHandler(GoogleStyle):
     """Gemini Developer API (``/v1beta/...`` and ``/v1/...``; key in ``x-goog-api-key`` or
     ``?key=``): generateContent, streamGenerateContent (SSE with ``?alt=sse``, else a JSON array
     streamed in chunks), countTokens, embedContent, batchEmbedContents, models; and the
@@ -1553,17 +1542,16 @@ class GeminiHandler(GoogleStyle, ProviderHandler):
         contents = body.get("contents")
         messages = [{"content": c.get("parts")} if isinstance(c, dict) else c
                     for c in (contents if isinstance(contents, list) else [])]
-        system = body.get("systemInstruction")
+        system = pget(body, "systemInstruction")
         if isinstance(system, dict):
             messages.append({"content": system.get("parts")})
-        cached = self.CACHED_TOKENS if body.get("cachedContent") else 0
+        cached = self.CACHED_TOKENS if pget(body, "cachedContent") else 0
         return message_tokens(messages) + cached, cached
 
     def thoughts(self, model: str, body: dict) -> int:
-        config = body.get("generationConfig")
-        thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+        thinking = pget(pget(body, "generationConfig"), "thinkingConfig")
         if isinstance(thinking, dict):
-            return 0 if thinking.get("thinkingBudget") == 0 else self.THOUGHTS_TOKENS
+            return 0 if pget(thinking, "thinkingBudget") == 0 else self.THOUGHTS_TOKENS
         return self.THOUGHTS_TOKENS if "2.5" in model else 0
 
     @staticmethod
@@ -1628,7 +1616,7 @@ class GeminiHandler(GoogleStyle, ProviderHandler):
         body, err = self.parse_json(req, rid, b)
         if err:
             return err
-        inner = body.get("generateContentRequest")
+        inner = pget(body, "generateContentRequest")
         prompt, cached = self.prompt_tokens(inner if isinstance(inner, dict) else body)
         payload: dict[str, Any] = {"totalTokens": prompt}
         if cached:
@@ -1641,7 +1629,7 @@ class GeminiHandler(GoogleStyle, ProviderHandler):
     def embedding(self, request: dict) -> dict:
         content = request.get("content")
         parts = content.get("parts") if isinstance(content, dict) else None
-        dims = valid_dims(request.get("outputDimensionality"), self.EMBEDDING_DIMS)
+        dims = valid_dims(pget(request, "outputDimensionality"), self.EMBEDDING_DIMS)
         return {"values": embedding_floats(dumps(parts), dims)}
 
     def embed_content(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
@@ -1725,7 +1713,7 @@ class MistralHandler(OpenAIHandler):
         503: ("service_unavailable", "Service unavailable"),
     }
     CODES = {400: "1500", 429: "1300"}  # status -> the `code` of a forced error
-    forced_error = ProviderHandler.forced_error
+    GATEWAY = "gateway"  # error kind of the API gateway's own replies (401, unknown route)
 
     def __init__(self) -> None:
         self.routes = {
@@ -1764,34 +1752,20 @@ class MistralHandler(OpenAIHandler):
             ("x-ratelimit-remaining-tokens-month", "999999990"),
         ]
 
-    def gateway_error(self, status: int, rid: str, message: str, b: Behaviour | None = None) -> Reply:
-        return self.error_reply(status, rid, {"message": message, "request_id": rid}, b)
-
-    def error(
-        self,
-        status: int,
-        rid: str,
-        message: Any,
-        type_: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        b: Behaviour | None = None,
-        extra_headers: list[tuple[str, str]] | None = None,
-    ) -> Reply:
-        if status == 401:
-            return self.gateway_error(401, rid, "Unauthorized", b)
-        obj = {"object": "error", "message": message, "type": type_ or self.error_kind(status),
-               "param": param, "code": code or self.CODES.get(status)}
-        return self.error_reply(status, rid, obj, b, extra_headers)
+    def error_body(self, e: ErrorSpec) -> Any:
+        if e.status == 401 or e.kind == self.GATEWAY:  # answered by the API gateway (Kong)
+            return {"message": "Unauthorized" if e.status == 401 else e.message, "request_id": e.rid}
+        return {"object": "error", "message": e.message, "type": e.kind, "param": e.param,
+                "code": e.code or self.CODES.get(e.status)}
 
     def not_found(self, req: ReceivedRequest, path: str, rid: str, b: Behaviour) -> Reply:
-        return self.gateway_error(404, rid, "no Route matched with those values", b)
+        return self.error(404, rid, "no Route matched with those values", self.GATEWAY, b=b)
 
     def check_auth(self, req: ReceivedRequest, rid: str, b: Behaviour | None = None) -> Reply | None:
         key = bearer(req)
         if key_ok(key, ("sk-",)) or (key is not None and len(key) == 32 and key.isalnum()):
             return None
-        return self.gateway_error(401, rid, "Unauthorized", b)
+        return self.error(401, rid, "Unauthorized", b=b)
 
     def missing_param(self, name: str, body: dict, rid: str, b: Behaviour) -> Reply:
         detail = [{"type": "missing", "loc": ["body", name], "msg": "Field required", "input": body}]
@@ -1813,16 +1787,12 @@ class MistralHandler(OpenAIHandler):
         usage_at = {len(events): usage}
         events.append(chat_chunk(head, [{"index": 0, "delta": {"content": texts[-1]}, "finish_reason": "stop"}],
                                  usage=usage))
-        events.append(SSE_DONE)
         return events, usage_at
 
     # ---- POST /v1/fim/completions ----
 
     def fim_completions(self, req: ReceivedRequest, b: Behaviour, rid: str) -> Reply:
-        body, err = self.parse_json(req, rid, b)
-        if err:
-            return err
-        model, err = self.require_model(body, rid, b)
+        body, model, err = self.model_request(req, rid, b)
         if err:
             return err
         prompt = body.get("prompt")
@@ -1913,7 +1883,6 @@ class XAIHandler(OpenAIHandler):
         503: (GRPC_TEXT[503], "The service is temporarily at capacity. Please retry your request shortly."),
         504: (GRPC_TEXT[504], "Request timed out"),
     }
-    forced_error = ProviderHandler.forced_error
 
     def new_request_id(self) -> str:
         return str(uuid.uuid4())
@@ -1938,19 +1907,8 @@ class XAIHandler(OpenAIHandler):
     def error_kind(self, status: int) -> str:
         return GRPC_TEXT.get(status) or GRPC_TEXT[500 if status >= 500 else 400]
 
-    def error(
-        self,
-        status: int,
-        rid: str,
-        message: Any,
-        type_: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        b: Behaviour | None = None,
-        extra_headers: list[tuple[str, str]] | None = None,
-    ) -> Reply:
-        obj = {"code": type_ or self.error_kind(status), "error": message}
-        return self.error_reply(status, rid, obj, b, extra_headers)
+    def error_body(self, e: ErrorSpec) -> Any:
+        return {"code": e.kind, "error": e.message}
 
     def not_found(self, req: ReceivedRequest, path: str, rid: str, b: Behaviour) -> Reply:
         return self.error(404, rid, f"No handler found for {req.method} {path}", b=b)
@@ -2009,7 +1967,6 @@ class XAIHandler(OpenAIHandler):
         events.append(chat_chunk(head, [{"index": 0, "delta": {}, "finish_reason": "stop"}], system_fingerprint=fp))
         usage_at = {len(events): usage}  # always, with or without stream_options.include_usage
         events.append(chat_chunk(head, [], usage=usage, system_fingerprint=fp))
-        events.append(SSE_DONE)
         return events, usage_at
 
 

@@ -111,8 +111,8 @@ def _openai_text(client, stream, model):
 
 def _anthropic_text(client, stream):
     if not stream:
-        return client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES).content[0].text
-    events = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, stream=True)
+        return client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=MESSAGES).content[0].text
+    events = client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=MESSAGES, stream=True)
     return "".join(e.delta.text for e in events if e.type == "content_block_delta")
 
 
@@ -153,7 +153,7 @@ CASES = [
          lambda e: isinstance(e, anthropic.AuthenticationError), expected_anthropic,
          lambda: "sk-ant-api03-" + secrets.token_urlsafe(30),
          lambda token: ("/v1/messages", {"x-api-key": token, "anthropic-version": "2023-06-01"},
-                        {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": MESSAGES, "stream": True}),
+                        {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES, "stream": True}),
          True),
     Case("gemini",
          lambda url, key, http: genai.Client(api_key=key, http_options=genai.types.HttpOptions(

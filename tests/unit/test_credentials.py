@@ -39,7 +39,7 @@ def setup(data_dir):
 
 def run(router, credentials, flow):
     router.request(flow)
-    asyncio.get_event_loop().run_until_complete(credentials.request(flow))
+    asyncio.run(credentials.request(flow))
     return flow
 
 

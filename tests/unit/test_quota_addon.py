@@ -49,7 +49,7 @@ def chain(data_dir):
             for addon in addons[1:]:
                 result = addon.request(flow)
                 if asyncio.iscoroutine(result):
-                    asyncio.get_event_loop().run_until_complete(result)
+                    asyncio.run(result)
             return flow
 
         yield send, clock, store
