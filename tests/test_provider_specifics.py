@@ -104,3 +104,31 @@ def test_stream_usage_opt_in_counts_and_hides_the_extra_chunk(setup, fake, start
     client = openai.OpenAI(api_key=token, base_url=gateway.url() + "/v1", max_retries=0)
     chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
     assert all(c.usage is None for c in chunks) and chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("fake", ["anthropic"], indirect=True)
+def test_anthropic_count_tokens_passes_and_is_not_counted_as_usage(setup, fake, start_gateway):
+    import anthropic
+    token, _ = setup
+    gateway = start_gateway({"anthropic": fake.url})
+    client = anthropic.Anthropic(api_key=token, base_url=gateway.url("anthropic"), max_retries=0)
+    counted = client.messages.count_tokens(model="claude-sonnet-4-6", messages=MESSAGES)
+    assert counted.input_tokens > 0
+    [row] = gateway.wait_rows(1)
+    assert row["endpoint"] == "/v1/messages/count_tokens" and row["status"] == 200
+    assert row["input_tokens"] is None and "no usage" in row["usage_note"]
+
+
+@pytest.mark.parametrize("fake", ["gemini"], indirect=True)
+def test_gemini_count_tokens_and_embeddings(setup, fake, start_gateway):
+    from google import genai
+    token, keys = setup
+    gateway = start_gateway({"gemini": fake.url})
+    client = genai.Client(api_key=token, http_options=genai.types.HttpOptions(base_url=gateway.url("gemini")))
+    assert client.models.count_tokens(model="gemini-2.5-flash", contents="one two three").total_tokens > 0
+    embedded = client.models.embed_content(model="gemini-embedding-001", contents=["a", "b"])
+    assert len(embedded.embeddings) == 2
+    assert all(r.header("x-goog-api-key") == keys["gemini"] for r in fake.received)
+    rows = gateway.wait_rows(2)
+    assert [r["model"] for r in rows] == ["gemini-2.5-flash", "gemini-embedding-001"]
+    assert all(r["status"] == 200 and r["input_tokens"] is None for r in rows)

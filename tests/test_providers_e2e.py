@@ -125,3 +125,48 @@ def test_integrate_prints_a_snippet_that_works(case, gateway, token, run_cli, tm
     assert proc.stdout.strip()
     [row] = gateway.wait_rows(1)
     assert row["status"] == 200 and row["provider"] == case.provider
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_over_the_cap_the_sdk_raises_at_once_without_retrying(case, gateway, fakes, token, run_cli):
+    run_cli("quota", "set", "acme", "0")
+    time.sleep(0.6)  # the running proxy picks the change up within RELOAD_INTERVAL
+    client = case.make_client(gateway.url(case.provider), token, httpx.Client())
+    if hasattr(client, "with_options"):
+        client = client.with_options(max_retries=2)  # the SDKs' default: retries 429s
+    started = time.monotonic()
+    with pytest.raises(Exception) as info:
+        case.call(client, False)
+    assert time.monotonic() - started < 0.4, "the SDK waited to retry"
+    assert "429" in str(info.value) + repr(info.value)
+    assert fakes[case.provider].received == []
+    [row] = gateway.wait_rows(1)
+    assert row["status"] == 429 and "monthly cap of 0" in row["error"]
+
+
+def test_the_cap_holds_across_providers_and_modes(gateway, fakes, token, run_cli, secrets_used):
+    cap = 15
+    run_cli("quota", "set", "acme", str(cap))
+    run_cli("quota", "rpm", "acme", "none")
+    time.sleep(0.6)
+    jobs = []
+    for case in CASES:
+        path, headers, body = case.raw_stream(token)
+        body = {**body, "stream": False} if "stream" in body else body
+        key = case.passthrough_key()
+        secrets_used.append(key)
+        claimed = {k: v.replace(token, key) for k, v in headers.items()}
+        claimed["x-metrion-token"] = token
+        for h in (headers, claimed) * 6:
+            jobs.append((gateway.url(case.provider) + path.replace("streamGenerateContent?alt=sse", "generateContent"), h, body))
+
+    def send(job):
+        url, headers, body = job
+        with httpx.Client(timeout=30) as http:
+            return http.post(url, headers=headers, json=body).status_code
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        statuses = list(pool.map(send, jobs))
+    assert statuses.count(200) == cap and statuses.count(429) == len(jobs) - cap
+    assert sum(len(f.received) for f in fakes.values()) == cap
