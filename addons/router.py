@@ -47,10 +47,18 @@ def _normalise(url: str) -> str:
     return url.rstrip("/").lower()
 
 
+def _escape(c: str) -> str:
+    if c.isprintable():
+        return c
+    code = ord(c)
+    # Bytes that were not UTF-8 arrive as surrogates (surrogateescape): show the byte itself.
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\x{code:02x}"
+
+
 def clean_requester(value: str) -> str:
-    """Control characters escaped, length bounded: the header is the client's, the row is ours."""
-    value = value[:MAX_REQUESTER_CHARS]
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value)
+    """Control characters and bytes that are not UTF-8 escaped, length bounded: the header is
+    the client's, the row is ours."""
+    return "".join(map(_escape, value[:MAX_REQUESTER_CHARS]))
 
 
 def index_upstreams(specs: Sequence[str]) -> dict[str, str]:

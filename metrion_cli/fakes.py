@@ -2012,6 +2012,7 @@ class FakeUpstream:
         self.received: list[ReceivedRequest] = []
         self.sent: list[SentResponse] = []
         self.connections = 0  # TCP connections accepted so far
+        self.connections_closed = 0  # ... and ended, by either side
         self.handler: Handler = HANDLERS[provider]()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -2138,6 +2139,7 @@ class FakeUpstream:
         except (_Stop, ConnectionError, OSError, asyncio.CancelledError):
             pass
         finally:
+            self.connections_closed += 1
             if task is not None:
                 self._tasks.discard(task)
             if not writer.transport.is_closing():
