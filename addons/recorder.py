@@ -27,8 +27,13 @@ from metrion_cli.db import isoformat
 
 logger = logging.getLogger("metrion")
 
-# A JSON body larger than this passes through whole, but its usage goes unread (and noted).
-MAX_BODY_COPY = 16 * 1024 * 1024
+# A JSON body up to this size is copied whole and parsed at its end. Past it, only its first
+# and last EDGE_BYTES are kept, and usage and model are picked out of those: a 20 MB
+# embeddings answer costs 128 KiB, not 20 MB.
+MAX_BODY_COPY = 4 * 1024 * 1024
+EDGE_BYTES = 64 * 1024
+# Where providers put what a row needs, in a body too large to parse whole.
+_EDGE_KEYS = ("usage", "usageMetadata", "model", "modelVersion")
 
 
 def incremental_decoder(encoding: str):
@@ -118,13 +123,15 @@ class SSETap:
 
 
 class BodyTap:
-    """The `flow.response.stream` callable for other bodies: passes chunks on, keeps a copy."""
+    """The `flow.response.stream` callable for other bodies: passes chunks on, keeps a copy
+    (whole up to MAX_BODY_COPY, else its first and last EDGE_BYTES)."""
 
-    __slots__ = ("chunks", "bytes", "encoding", "last_chunk_at")
+    __slots__ = ("chunks", "head", "tail", "bytes", "encoding", "last_chunk_at")
     streamed = False
 
     def __init__(self, encoding: str) -> None:
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes] | None = []
+        self.head = self.tail = b""
         self.bytes = 0
         self.encoding = encoding
         self.last_chunk_at = 0.0
@@ -132,13 +139,21 @@ class BodyTap:
     def __call__(self, chunk: bytes) -> bytes:
         self.last_chunk_at = time.monotonic()
         self.bytes += len(chunk)
-        if self.bytes <= MAX_BODY_COPY:
+        if self.chunks is not None:
             self.chunks.append(chunk)
+            if self.bytes > MAX_BODY_COPY:
+                whole = b"".join(self.chunks)
+                self.head, self.tail, self.chunks = whole[:EDGE_BYTES], whole[-EDGE_BYTES:], None
+        elif chunk:
+            self.tail = (self.tail + chunk)[-EDGE_BYTES:]
         return chunk
 
     def result(self, provider, path: str) -> tuple[str | None, Usage, str | None]:
-        if self.bytes > MAX_BODY_COPY:
-            return None, Usage(note=f"not read: body of {self.bytes} bytes exceeds {MAX_BODY_COPY}"), None
+        if self.chunks is None:
+            if self.encoding not in ("", "identity"):
+                return None, Usage(note=f"not read: compressed body of {self.bytes} bytes"), None
+            model, usage = provider.read_json(path, fields_at_the_edges(self.head, self.tail))
+            return model, usage, None
         raw = b"".join(self.chunks)
         try:
             decode = incremental_decoder(self.encoding)
@@ -147,6 +162,26 @@ class BodyTap:
             return None, Usage(note=f"not read: body is not JSON ({type(e).__name__})"), None
         model, usage = provider.read_json(path, body)
         return model, usage, upstream_error_message(body)
+
+
+def fields_at_the_edges(head: bytes, tail: bytes) -> dict:
+    """The top-level usage and model of a JSON body known only by its first and last bytes."""
+    found: dict = {}
+    decoder = json.JSONDecoder()
+    for edge in (tail, head):
+        text = edge.decode("utf-8", "ignore")
+        for key in _EDGE_KEYS:
+            at = text.rfind(f'"{key}"')
+            if key in found or at < 0:
+                continue
+            value_at = text.find(":", at + len(key) + 2) + 1
+            while 0 < value_at < len(text) and text[value_at] in " \t\r\n":
+                value_at += 1
+            try:
+                found[key], _ = decoder.raw_decode(text, value_at)
+            except (ValueError, RecursionError):
+                continue
+    return found
 
 
 class Recorder:
