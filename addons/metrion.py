@@ -14,7 +14,9 @@ from addons.upstream import UpstreamErrors
 
 def make_addons() -> list:
     store = Store()
-    return [store, Router(), Credentials(store), BodyCheck(), Quota(store), UpstreamErrors(), Recorder(store)]
+    # Hooks run in this order. The Store comes last so that its done() (the writer's final
+    # flush) runs after the Recorder's, which records the flows still in flight.
+    return [Router(store), Credentials(store), BodyCheck(), Quota(store), UpstreamErrors(), Recorder(store), store]
 
 
 addons = make_addons()

@@ -187,6 +187,22 @@ def fields_at_the_edges(head: bytes, tail: bytes) -> dict:
 class Recorder:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # Flows seen but not yet recorded: at shutdown each still gets its row.
+        self.inflight: dict[str, http.HTTPFlow] = {}
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if "metrion" in flow.metadata:
+            self.inflight[flow.id] = flow
+
+    def done(self) -> None:
+        # A body can be complete at the client before its response hook has run; a shutdown in
+        # between must not lose that row. Unfinished ones are recorded as such.
+        for flow in list(self.inflight.values()):
+            meta = flow.metadata["metrion"]
+            if not (flow.response and flow.response.timestamp_end):
+                meta.setdefault("upstream_error", "metrion shut down before the request finished")
+                meta.setdefault("error", meta["upstream_error"])
+            self._record(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get("metrion")
@@ -207,6 +223,7 @@ class Recorder:
         self._record(flow)
 
     def _record(self, flow: http.HTTPFlow) -> None:
+        self.inflight.pop(flow.id, None)
         meta = flow.metadata.get("metrion")
         if meta is None or meta.get("recorded"):
             return

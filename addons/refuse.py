@@ -9,13 +9,15 @@ from addons import providers
 logger = logging.getLogger("metrion")
 
 
-def refuse(flow: http.HTTPFlow, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
+def refuse(flow: http.HTTPFlow, kind: str, message: str, headers: dict[str, str] | None = None,
+           final: bool = True) -> None:
+    """Answer in the provider's error shape; `final` tells the SDKs not to retry."""
     meta = flow.metadata["metrion"]
     provider = providers.get(meta["provider"])
     status, base_headers, body = provider.error(kind, f"Metrion: {message}")
     response = http.Response.make(status, body, base_headers)
-    # Our own refusals are final: stop the SDKs' automatic retries (providers.md section 8).
-    response.headers["x-should-retry"] = "false"
+    if final:  # stops the SDKs' automatic retries, useless here (providers.md section 8)
+        response.headers["x-should-retry"] = "false"
     for name, value in (headers or {}).items():
         response.headers[name] = value
     meta["error"] = message

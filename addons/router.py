@@ -3,6 +3,8 @@
 - A reverse listener whose upstream is a provider's (its public API, or the URL given for it in
   `metrion_upstream`) serves that provider.
 - Any other request gets a 404 from Metrion and is not forwarded.
+- While Metrion shuts down, new requests get a 503 in the provider's shape (retryable: the
+  SDKs retry it on a new connection) so that the requests in flight can finish and be recorded.
 - Takes the `x-metrion-*` headers off every routed request (the requester name and an optional
   account token for pass-through) so that none of them reaches the provider, and sets the
   provider's fixed headers (Anthropic's `anthropic-version`).
@@ -17,6 +19,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons import providers
+from addons.refuse import refuse
 
 logger = logging.getLogger("metrion")
 
@@ -72,7 +75,8 @@ def index_upstreams(specs: Sequence[str]) -> dict[str, str]:
 
 
 class Router:
-    def __init__(self) -> None:
+    def __init__(self, store=None) -> None:
+        self.store = store
         self.by_upstream: dict[str, str] = index_upstreams([])
         self._by_mode: dict[str, Route | None] = {}
         self.fixed_headers = {name: dict(module.FIXED_REQUEST_HEADERS)
@@ -133,6 +137,9 @@ class Router:
                 {"content-type": "application/json"})
             return
         meta["provider"] = route.provider
+        if self.store is not None and self.store.closing:
+            return refuse(flow, "unavailable", "Metrion is shutting down; retry the request",
+                          {"connection": "close"}, final=False)
         for name, value in self.fixed_headers[route.provider].items():
             headers[name] = value
         if ctx.options.metrion_stream_usage:

@@ -42,6 +42,7 @@ class Store:
         self._reloader: asyncio.Task | None = None
         self._version_conn = None  # used only by the reload thread
         self._refreshing: asyncio.Future | None = None
+        self.closing = False  # set on SIGTERM: new requests are turned away while in-flight ones finish
 
     def load(self, loader) -> None:
         loader.add_option(

@@ -64,9 +64,17 @@ class Announce:
         print("metrion: ready", flush=True)
 
 
-async def run_lean_master(settings: dict, extra_addons: list, set_specs: list[str] = ()) -> int:
+# On SIGTERM, how long requests in flight may take to finish before Metrion stops anyway.
+DRAIN_SECONDS = 10.0
+
+
+async def run_lean_master(settings: dict, extra_addons: list, set_specs: list[str] = (),
+                          drain=None) -> int:
     """mitmproxy's five core addons plus `extra_addons`, with `settings` applied; runs until
-    SIGTERM/SIGINT. Without extra addons it is the ceiling the benchmark compares against."""
+    SIGTERM/SIGINT. Without extra addons it is the ceiling the benchmark compares against.
+
+    `drain` (optional) makes the stop graceful: `drain.begin()` is called first, the listeners
+    close, and the proxy stops once `drain.finished()` or after DRAIN_SECONDS."""
     from mitmproxy import exceptions, master, options
     from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
@@ -84,10 +92,26 @@ async def run_lean_master(settings: dict, extra_addons: list, set_specs: list[st
         print(f"metrion serve: {e}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    async def stop_gracefully() -> None:
+        drain.begin()
+        await proxy.addons.get("proxyserver").servers.update([])
+        deadline = loop.time() + DRAIN_SECONDS
+        while not drain.finished() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        proxy.shutdown()
+
+    def on_signal() -> None:
+        if drain is None or stopping:  # a second signal: stop now
+            proxy.shutdown()
+        else:
+            stopping.append(loop.create_task(stop_gracefully()))
+
     # mitmdump wires signals in mitmproxy/tools/main.py, not in Master: without this, SIGTERM
     # would kill the process before done() flushes the queued rows.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, proxy.shutdown)
+        loop.add_signal_handler(sig, on_signal)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     await proxy.run()
     # Keep-alive client connections are cancelled as the loop closes; asyncio would print each
@@ -105,7 +129,25 @@ async def _run(config: ServeConfig) -> int:
     settings = proxy_options(config, list(providers.PROVIDERS), upstreams)
     settings["confdir"] = str(config_confdir(config))
     announce = Announce({v.rstrip("/").lower(): k for k, v in upstreams.items()})
-    return await run_lean_master(settings, [*make_addons(), announce], config.set_specs)
+    addons = make_addons()
+    return await run_lean_master(settings, [*addons, announce], config.set_specs, Drain(addons))
+
+
+class Drain:
+    """Graceful stop for Metrion: turn new requests away, let the recorded ones finish."""
+
+    def __init__(self, addons: list) -> None:
+        from addons.recorder import Recorder
+        from addons.store import Store
+
+        self.store = next(a for a in addons if isinstance(a, Store))
+        self.recorder = next(a for a in addons if isinstance(a, Recorder))
+
+    def begin(self) -> None:
+        self.store.closing = True
+
+    def finished(self) -> bool:
+        return not self.recorder.inflight
 
 
 def _quiet_cancellations(loop, context) -> None:

@@ -78,6 +78,7 @@ ERROR_STATUS = {
     "rate_limit": 429,
     "internal": 500,
     "bad_gateway": 502,
+    "unavailable": 503,
     "timeout": 504,
 }
 

@@ -28,6 +28,7 @@ _ERRORS = {
     "rate_limit": (429, "rate_limit_error"),
     "internal": (500, "api_error"),
     "bad_gateway": (502, "api_error"),
+    "unavailable": (503, "overloaded_error"),
     "timeout": (504, "timeout_error"),
 }
 

@@ -43,6 +43,7 @@ _ERRORS = {
     "rate_limit": (429, "RESOURCE_EXHAUSTED"),
     "internal": (500, "INTERNAL"),
     "bad_gateway": (502, "UNAVAILABLE"),
+    "unavailable": (503, "UNAVAILABLE"),
     "timeout": (504, "DEADLINE_EXCEEDED"),
 }
 

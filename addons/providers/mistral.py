@@ -20,7 +20,7 @@ REQUIRED_FIELDS = {
 _TYPES = {
     "bad_request": "invalid_request_error", "not_found": "not_found", "monthly_cap": "rate_limited",
     "rate_limit": "rate_limited", "internal": "internal_error", "bad_gateway": "internal_error",
-    "timeout": "timeout",
+    "unavailable": "service_unavailable", "timeout": "timeout",
 }
 
 model_from_request = openai.model_from_request

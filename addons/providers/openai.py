@@ -33,6 +33,7 @@ _ERRORS = {
     "rate_limit": (429, "requests", "rate_limit_exceeded"),
     "internal": (500, "server_error", None),
     "bad_gateway": (502, "server_error", None),
+    "unavailable": (503, "server_error", None),
     "timeout": (504, "server_error", None),
 }
 

@@ -25,6 +25,7 @@ _GRPC_TEXT = {
     429: "Some resource has been exhausted",
     500: "Internal error",
     502: "The service is currently unavailable",
+    503: "The service is currently unavailable",
     504: "Deadline expired before operation could complete",
 }
 
