@@ -49,8 +49,18 @@ class Store:
             "metrion_data_dir", str, os.environ.get("METRION_DATA_DIR", "data"),
             "Metrion's data directory (metrion.db, vault.db), created by `metrion init`.",
         )
+        loader.add_option(
+            "metrion_queue_limit", int, 200_000,
+            "Rows that may wait in memory while the database cannot be written (locked, disk "
+            "full); past it, rows are dropped, counted and logged.",
+        )
 
     def configure(self, updated) -> None:
+        if "metrion_queue_limit" in updated:
+            if ctx.options.metrion_queue_limit < 1:
+                raise exceptions.OptionsError("metrion_queue_limit must be at least 1")
+            if self.writer is not None:
+                self.writer.max_queued = ctx.options.metrion_queue_limit
         if "metrion_data_dir" not in updated:
             return
         paths = resolve(ctx.options.metrion_data_dir)
@@ -62,7 +72,7 @@ class Store:
         self._close_writer()
         self._version_conn = None
         self.paths, self.vault, self.directory = paths, vault, directory
-        self.writer = Writer(paths.metrion_db).start()
+        self.writer = Writer(paths.metrion_db, max_queued=ctx.options.metrion_queue_limit).start()
 
     def running(self) -> None:
         if self._reloader is None:

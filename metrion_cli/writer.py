@@ -75,6 +75,8 @@ class Writer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self.dropped:
+            logger.error("metrion writer: %d rows dropped in all because the queue was full", self.dropped)
 
     def _run(self) -> None:
         stopping = False
