@@ -32,6 +32,14 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def log_key_errors(directory: directorymod.Directory) -> None:
+    for stored in directory.keys.values():
+        if stored.error:
+            # A warning, not an error: mitmproxy stops at start-up on any error logged, and the
+            # other keys must keep serving.
+            logger.warning("metrion: %s; requests that need it get a 500", stored.error)
+
+
 class Store:
     def __init__(self, clock: Callable[[], datetime.datetime] = utc_now) -> None:
         self.now = clock  # injectable, so tests can cross a month boundary
@@ -72,6 +80,7 @@ class Store:
         self._close_writer()
         self._version_conn = None
         self.paths, self.vault, self.directory = paths, vault, directory
+        log_key_errors(directory)
         self.writer = Writer(paths.metrion_db, max_queued=ctx.options.metrion_queue_limit).start()
 
     def running(self) -> None:
@@ -98,6 +107,7 @@ class Store:
             logger.error("metrion: could not reload accounts and keys: %s", task.exception())
         elif task.result() is not None:
             self.directory = task.result()
+            log_key_errors(self.directory)
 
     def _load_if_changed(self) -> directorymod.Directory | None:
         assert self.paths and self.vault

@@ -36,7 +36,7 @@ def cli(ctx, data_dir):
     ctx.obj = resolve(data_dir)
 
 
-from .commands import accounts, demo, init, integrate, keys, quota, serve, tokens  # noqa: E402
+from .commands import accounts, demo, init, integrate, keys, quota, serve, tokens, vault  # noqa: E402
 
-for module in (init, accounts, tokens, keys, quota, serve, demo, integrate):
+for module in (init, accounts, tokens, keys, quota, vault, serve, demo, integrate):
     module.register(cli)

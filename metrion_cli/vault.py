@@ -173,6 +173,8 @@ class Vault:
         ))
 
     def decrypt_row(self, row: dict) -> str:
+        if row["key_version"] not in self.keyring:
+            self._reload_keyring()  # rotated since we started: the key file has the new version
         key = self.keyring.get(row["key_version"])
         if key is None:
             raise DecryptError(f"stored key for account {row['account_id']}/{row['provider']} "
@@ -187,6 +189,44 @@ class Vault:
         return list(self.db.query(
             "SELECT account_id, provider, ciphertext, key_version, fingerprint FROM provider_keys"
         ))
+
+    def _reload_keyring(self) -> None:
+        try:
+            self.keyring = {**self.keyring, **load_keyring()}
+        except MasterKeyError:
+            pass
+
+    def rotate(self) -> int:
+        """A new master key version; every stored key and the instance secret are re-encrypted
+        with it in one transaction, and the old versions are dropped. Returns the new version.
+
+        The key file is written first with old and new versions, so that no crash can leave a
+        ciphertext without its key, and a proxy still running finds the new version on reload.
+        """
+        if os.environ.get("METRION_SECRET_KEY"):
+            raise MasterKeyError("the master key comes from METRION_SECRET_KEY: rotation writes the "
+                                 "new key to a key file; unset it and use METRION_SECRET_KEY_FILE")
+        path = default_secret_key_file()
+        known = [r["version"] for r in self.db["master_keys"].rows]
+        version = max([*known, *self.keyring]) + 1
+        new_key = secrets.token_bytes(32)
+        write_key_file(path, {**self.keyring, version: new_key})
+        with self.db.atomic():
+            for row in self.rows():
+                plaintext = self.decrypt_row(row).encode()
+                self.db.execute(
+                    "UPDATE provider_keys SET ciphertext = ?, key_version = ? WHERE account_id = ? AND provider = ?",
+                    [_seal(new_key, plaintext, _aad(row["account_id"], row["provider"])), version,
+                     row["account_id"], row["provider"]])
+            self.db.execute(
+                "UPDATE sealed_secrets SET ciphertext = ?, key_version = ? WHERE name = 'instance_secret'",
+                [_seal(new_key, self.instance_secret, _INSTANCE_SECRET_AAD), version])
+            self.db.execute("DELETE FROM master_keys")
+            self.db["master_keys"].insert({"version": version, "created": dbmod.now_iso(),
+                                           "check_blob": _seal(new_key, _CHECK_PLAINTEXT, b"check")})
+        write_key_file(path, {version: new_key})
+        self.keyring, self.current_version = {version: new_key}, version
+        return version
 
     def config_version(self) -> int:
         return self.db.execute("SELECT value FROM vault_meta WHERE key = 'config_version'").fetchone()[0]
