@@ -9,26 +9,15 @@ from mitmproxy.test import taddons
 from addons.credentials import Credentials
 from addons.router import Router
 from addons.store import Store
-from metrion_cli import accounts, db as dbmod, tokens
-from metrion_cli.paths import resolve
-from metrion_cli.vault import Vault, load_keyring
 
-from .helpers import openai_flow
+from .helpers import data_dir_with_acme, openai_flow
 
 KEY = "sk-test-unit-0000000000001234"
 
 
 @pytest.fixture
 def setup(data_dir):
-    paths = resolve(data_dir)
-    dbmod.initialise(paths)
-    load_keyring(create=True)
-    vault = Vault.open(paths)
-    db = dbmod.open_metrion(paths)
-    accounts.ensure(db, accounts.DEFAULT_ACCOUNT)
-    acme = accounts.add(db, "acme")
-    vault.put(acme["id"], "openai", KEY)
-    token, _ = tokens.create(db, acme["id"])
+    _, token = data_dir_with_acme(data_dir, KEY)
     store, router = Store(), Router()
     credentials = Credentials(store)
     with taddons.context(store, router, credentials) as tctx:

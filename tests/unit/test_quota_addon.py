@@ -11,11 +11,9 @@ from addons.credentials import Credentials
 from addons.quota import Quota
 from addons.router import Router
 from addons.store import Store
-from metrion_cli import accounts, db as dbmod, tokens
-from metrion_cli.paths import resolve
-from metrion_cli.vault import Vault, load_keyring
+from metrion_cli import accounts
 
-from .helpers import openai_flow
+from .helpers import data_dir_with_acme, openai_flow
 
 
 class Clock:
@@ -28,16 +26,8 @@ class Clock:
 
 @pytest.fixture
 def chain(data_dir):
-    paths = resolve(data_dir)
-    dbmod.initialise(paths)
-    load_keyring(create=True)
-    vault = Vault.open(paths)
-    db = dbmod.open_metrion(paths)
-    accounts.ensure(db, accounts.DEFAULT_ACCOUNT)
-    acme = accounts.add(db, "acme")
+    db, token = data_dir_with_acme(data_dir, "sk-test-quota-unit-0001")
     accounts.set_cap(db, "acme", 2)
-    vault.put(acme["id"], "openai", "sk-test-quota-unit-0001")
-    token, _ = tokens.create(db, acme["id"])
     clock = Clock(datetime.datetime(2026, 11, 30, 23, 59, 58, tzinfo=datetime.timezone.utc))
     store = Store(clock)
     addons = [store, Router(), Credentials(store), Quota(store)]
