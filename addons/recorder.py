@@ -1,10 +1,12 @@
 """Recorder: one row per request (answered, refused, failed or abandoned) onto the writer queue.
 
-- Every upstream response is streamed to the client as it arrives: `flow.response.stream` is a
-  tap that returns each chunk unchanged. Nothing waits for a whole body.
-- `text/event-stream`: the tap feeds the incremental SSE parser and keeps only usage and model.
-- Anything else (JSON, and Gemini's JSON-array stream): the tap keeps a copy up to
-  `MAX_BODY_COPY` bytes, decoded and read for usage once the body is complete.
+- `text/event-stream`: `flow.response.stream` is a tap that returns each chunk unchanged as it
+  arrives and feeds the incremental SSE parser, which keeps only usage and model.
+- A body of known, small length (Content-Length up to `MAX_BUFFERED`): mitmproxy takes it
+  whole and sends it on in one write (a JSON answer is not a stream); usage is read from a
+  decoded copy.
+- Any other body (no length, as Gemini's JSON-array stream, or a large one): streamed through
+  a tap that keeps a copy up to `MAX_BODY_COPY` bytes, read for usage once complete.
 - Timings from the request's arrival: `ttfb_ms` to the upstream's response headers,
   `latency_ms` to the last byte.
 - A client that goes away mid-stream leaves a row with `client_aborted` and the usage seen.
@@ -27,6 +29,9 @@ from metrion_cli.db import isoformat
 
 logger = logging.getLogger("metrion")
 
+# Bodies announced this small are buffered by mitmproxy: cheaper than streaming them (one write
+# to the client instead of headers and body apart), and no client waits on a stream.
+MAX_BUFFERED = 256 * 1024
 # A JSON body up to this size is copied whole and parsed at its end. Past it, only its first
 # and last EDGE_BYTES are kept, and usage and model are picked out of those: a 20 MB
 # embeddings answer costs 128 KiB, not 20 MB.
@@ -154,14 +159,18 @@ class BodyTap:
                 return None, Usage(note=f"not read: compressed body of {self.bytes} bytes"), None
             model, usage = provider.read_json(path, fields_at_the_edges(self.head, self.tail))
             return model, usage, None
-        raw = b"".join(self.chunks)
-        try:
-            decode = incremental_decoder(self.encoding)
-            body = json.loads(decode(raw) if decode else raw)
-        except (ValueError, zlib.error, RecursionError) as e:
-            return None, Usage(note=f"not read: body is not JSON ({type(e).__name__})"), None
-        model, usage = provider.read_json(path, body)
-        return model, usage, upstream_error_message(body)
+        return read_body(provider, path, b"".join(self.chunks), self.encoding)
+
+
+def read_body(provider, path: str, raw: bytes, encoding: str) -> tuple[str | None, Usage, str | None]:
+    """Model, usage and error message of a whole (possibly compressed) JSON body."""
+    try:
+        decode = incremental_decoder(encoding)
+        body = json.loads(decode(raw) if decode else raw)
+    except (ValueError, zlib.error, RecursionError) as e:
+        return None, Usage(note=f"not read: body is not JSON ({type(e).__name__})"), None
+    model, usage = provider.read_json(path, body)
+    return model, usage, upstream_error_message(body)
 
 
 def fields_at_the_edges(head: bytes, tail: bytes) -> dict:
@@ -208,10 +217,13 @@ class Recorder:
         meta = flow.metadata.get("metrion")
         if not meta or not meta.get("provider") or flow.response is None:
             return
-        encoding = flow.response.headers.get("content-encoding", "")
-        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+        headers = flow.response.headers
+        encoding = headers.get("content-encoding", "")
+        if headers.get("content-type", "").startswith("text/event-stream"):
             reader = providers.get(meta["provider"]).stream_reader(flow.request.path)
             tap: SSETap | BodyTap = SSETap(reader, encoding, meta.get("hide_usage_event"))
+        elif headers.get("content-length", "").isdigit() and int(headers["content-length"]) <= MAX_BUFFERED:
+            return  # buffered: read in the response hook
         else:
             tap = BodyTap(encoding)
         meta["tap"] = flow.response.stream = tap
@@ -275,12 +287,17 @@ def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
     tap: SSETap | BodyTap | None = meta.get("tap")
     if response is not None and provider.REQUEST_ID_HEADER:
         row["upstream_request_id"] = response.headers.get(provider.REQUEST_ID_HEADER)
+    upstream_error = None
     if tap is not None:
         row["streamed"] = int(tap.streamed)
         row["response_bytes"] = tap.bytes
         model, usage, upstream_error = tap.result(provider, flow.request.path)
-        if upstream_error and not row["error"] and (tap.streamed or response.status_code >= 400):
-            row["error"] = upstream_error
+    elif response is not None and response.raw_content is not None and not meta.get("refused"):
+        row["response_bytes"] = len(response.raw_content)
+        model, usage, upstream_error = read_body(
+            provider, flow.request.path, response.raw_content, response.headers.get("content-encoding", ""))
+    if upstream_error and not row["error"] and (row["streamed"] or response.status_code >= 400):
+        row["error"] = upstream_error
     if flow.error:
         row["error"] = (meta.get("upstream_error") or flow.error.msg)[:500]
         row["client_aborted"] = int(flow.client_conn.timestamp_end is not None
