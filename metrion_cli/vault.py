@@ -65,7 +65,7 @@ def load_keyring(create: bool = False) -> dict[int, bytes]:
     path = default_secret_key_file()
     if not path.exists():
         if not create:
-            raise MasterKeyError(f"no master key: {path} does not exist; {FIX}, or run `metrion init`")
+            raise MasterKeyError(f"no master key: {path} does not exist; {FIX}")
         write_key_file(path, {1: secrets.token_bytes(32)})
     return _parse_keyring(path.read_text(), str(path))
 

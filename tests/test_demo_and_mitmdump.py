@@ -30,8 +30,14 @@ def test_demo_prints_a_curl_that_works_and_leaves_a_row(run_cli, data_dir, secre
         [row] = gateway.wait_rows(1)
         assert row["status"] == 200 and row["requester"] == "me@example.com"
         assert row["input_tokens"] == r.json()["usage"]["prompt_tokens"]
+        python_line = next(l for l in text.splitlines() if l.strip().endswith("- <<'PY'"))
+        assert python_line.split()[0] == ".venv/bin/python"  # runnable as printed, from the project
     finally:
         gateway.stop()
+    # Once the demo stops, its token and fake keys are gone: they can never reach a real API.
+    assert "(none)" in run_cli("keys", "list").output.split("registered")[0]
+    demo_tokens = [l for l in run_cli("tokens", "list", "--account", "demo").output.splitlines()[1:]]
+    assert demo_tokens and all(l.rstrip().endswith("Z") for l in demo_tokens)
     # The demo prints its token once, on purpose; after that it must appear nowhere.
     after_banner = "".join(gateway.output).split("metrion: ready", 1)[1]
     assert_no_secrets([token], [data_dir], after_banner)

@@ -6,7 +6,13 @@ from . import open_db, pass_paths, table
 
 @click.group()
 def accounts():
-    """Accounts: who requests are attributed to and capped by."""
+    """Accounts: who requests are attributed to and capped by.
+
+    \b
+    Example:
+      metrion accounts add acme --plan pro
+      metrion accounts list
+    """
 
 
 @accounts.command("add")

@@ -1,6 +1,9 @@
+import os
+import sys
+
 import click
 
-from .. import accounts, tokens
+from .. import PROVIDER_NAMES, accounts, tokens
 from ..serve import DEFAULT_PORTS
 from . import open_db, open_vault, pass_paths
 
@@ -41,26 +44,46 @@ def run(ctx):
                  if not demo_account or k["account_id"] != demo_account["id"]]
     if real_keys:
         from .serve import serve
-        ctx.invoke(serve)
+        ctx.invoke(serve)  # which retires the demo's token and fake keys first
     else:
         click.echo("metrion: no provider key is stored; starting the demo "
                    "(store one with `metrion keys add ACCOUNT PROVIDER`)")
         _demo(paths, "127.0.0.1", {})
 
 
+def retire_demo(paths) -> None:
+    """The demo's token and fake keys work only while the demo runs: never against real APIs.
+    Its rows stay, under the demo account."""
+    db = open_db(paths)
+    account = accounts.find(db, DEMO_ACCOUNT)
+    if account is None:
+        return
+    for old in tokens.listing(db, account["id"]):
+        if old["revoked"] is None:
+            tokens.revoke(db, old["id"])
+    vault = open_vault(paths)
+    for name in PROVIDER_NAMES:
+        vault.remove(account["id"], name)
+
+
+def _python_command() -> str:
+    relative = os.path.relpath(sys.executable)
+    return relative if not relative.startswith("..") else sys.executable
+
+
 def _demo(paths, host, ports):
-    from ..fakes import HANDLERS, FakeUpstream
+    from ..fakes import HANDLERS, Behaviour, FakeUpstream
     from ..serve import ServeConfig, run as run_proxy
 
+    retire_demo(paths)
     db = open_db(paths)
     account = accounts.ensure(db, DEMO_ACCOUNT)
     vault = open_vault(paths)
-    fakes = {name: FakeUpstream(name, record=False).start() for name in HANDLERS}
+    # Five words: "Hello from the fake upstream", a reply that reads whole.
+    fakes = {name: FakeUpstream(name, record=False, behaviour=Behaviour(chunks=5)).start()
+             for name in HANDLERS}
     for name in fakes:
         vault.put(account["id"], name, DEMO_KEY)
-    for old in tokens.listing(db, account["id"]):
-        if old["name"] == "demo" and old["revoked"] is None:
-            tokens.revoke(db, old["id"])
     token, _ = tokens.create(db, account["id"], "demo")
     ports = {name: ports.get(name, DEFAULT_PORTS[name]) for name in fakes}
     base = f"http://{host}:{ports['openai']}"
@@ -72,7 +95,7 @@ Demo: fake providers answer instead of the real ones. Your demo token: {token}
     -H "x-metrion-user: me@example.com" \\
     -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
-  python - <<'PY'
+  {_python_command()} - <<'PY'
 from openai import OpenAI
 client = OpenAI(api_key="{token}", base_url="{base}/v1")
 print(client.chat.completions.create(model="gpt-4o-mini",
@@ -80,6 +103,7 @@ print(client.chat.completions.create(model="gpt-4o-mini",
 PY
 
 Each request becomes a row of `requests` in {paths.metrion_db}.
+The token and the fake keys stop working when the demo stops.
 """, err=False)
     try:
         code = run_proxy(ServeConfig(data_dir=str(paths.data_dir), host=host,
@@ -88,6 +112,7 @@ Each request becomes a row of `requests` in {paths.metrion_db}.
     finally:
         for fake in fakes.values():
             fake.stop()
+        retire_demo(paths)
     raise SystemExit(code)
 
 

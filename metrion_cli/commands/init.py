@@ -17,9 +17,11 @@ def init(paths):
     """
     import os
 
+    # A new master key only for a new vault: one made for an existing vault could never open it.
+    new_vault = not paths.vault_db.exists()
+    load_keyring(create=new_vault)
     dbmod.initialise(paths)
     source = "METRION_SECRET_KEY" if os.environ.get("METRION_SECRET_KEY") else str(default_secret_key_file())
-    load_keyring(create=True)
     Vault.open(paths)  # registers the key on a new vault, checks it on an existing one
     db = dbmod.open_metrion(paths)
     accounts.ensure(db, accounts.DEFAULT_ACCOUNT)

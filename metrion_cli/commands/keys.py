@@ -19,7 +19,13 @@ def read_secret(prompt: str) -> str:
 
 @click.group()
 def keys():
-    """Provider keys: stored encrypted, or registered by fingerprint for pass-through."""
+    """Provider keys: stored encrypted, or registered by fingerprint for pass-through.
+
+    \b
+    Example:
+      printenv OPENAI_API_KEY | metrion keys add acme openai
+      metrion keys list
+    """
 
 
 @keys.command("add")

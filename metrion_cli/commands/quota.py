@@ -7,7 +7,13 @@ from . import open_db, pass_paths, table
 
 @click.group()
 def quota():
-    """Monthly request caps and per-token rate limits."""
+    """Monthly request caps and per-token rate limits.
+
+    \b
+    Example:
+      metrion quota set acme 50000
+      metrion quota show
+    """
 
 
 @quota.command("show")

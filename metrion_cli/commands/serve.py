@@ -46,7 +46,9 @@ def serve(paths, host, ports, upstreams, stream_usage, anthropic_version, set_sp
       metrion serve --port openai=9101 --upstream openai=http://127.0.0.1:9001
     """
     from ..serve import ServeConfig, run
+    from .demo import retire_demo
 
+    retire_demo(paths)
     config = ServeConfig(
         data_dir=str(paths.data_dir), host=host, ports=parse_pairs(ports, port_or_off, "PORT"),
         upstreams=parse_pairs(upstreams, str, "URL"),

@@ -17,7 +17,13 @@ def _rpm(value):
 
 @click.group()
 def tokens():
-    """Metrion tokens (mtr_...): what applications use as their API key."""
+    """Metrion tokens (mtr_...): what applications use as their API key.
+
+    \b
+    Example:
+      metrion tokens create acme --name billing-service
+      metrion tokens revoke mtr_Ab12Cd34
+    """
 
 
 @tokens.command("create")

@@ -6,7 +6,12 @@ from . import open_vault, pass_paths
 
 @click.group()
 def vault():
-    """The master key that encrypts stored provider keys."""
+    """The master key that encrypts stored provider keys.
+
+    \b
+    Example:
+      metrion vault rotate
+    """
 
 
 @vault.command("rotate")
