@@ -208,8 +208,15 @@ def start_gateway(data_dir, secrets_used):
         return gateway
 
     yield start
+    # Stop every one before reporting any failure: no test may leave a process running.
+    failures = []
     for gateway in started:
-        gateway.stop()
+        try:
+            gateway.stop()
+        except AssertionError as e:
+            failures.append(e)
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture
