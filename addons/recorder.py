@@ -12,7 +12,6 @@
 - A client that goes away mid-stream leaves a row with `client_aborted` and the usage seen.
 """
 
-import datetime
 import json
 import logging
 import re
@@ -25,7 +24,7 @@ from addons import providers
 from addons.providers import Usage, json_object
 from addons.sse import SSEParser
 from addons.store import Store
-from metrion_cli.db import isoformat
+from metrion_cli.db import iso_from_epoch
 
 logger = logging.getLogger("metrion")
 
@@ -84,7 +83,7 @@ class SSETap:
             self.decode, self.broken = None, str(e)
 
     def __call__(self, chunk: bytes):
-        self.last_chunk_at = time.monotonic()
+        self.last_chunk_at = time.time()
         if self.hide_event is not None:
             return self._filter(chunk)
         self.bytes += len(chunk)
@@ -142,7 +141,7 @@ class BodyTap:
         self.last_chunk_at = 0.0
 
     def __call__(self, chunk: bytes) -> bytes:
-        self.last_chunk_at = time.monotonic()
+        self.last_chunk_at = time.time()
         self.bytes += len(chunk)
         if self.chunks is not None:
             self.chunks.append(chunk)
@@ -196,17 +195,11 @@ def fields_at_the_edges(head: bytes, tail: bytes) -> dict:
 class Recorder:
     def __init__(self, store: Store) -> None:
         self.store = store
-        # Flows seen but not yet recorded: at shutdown each still gets its row.
-        self.inflight: dict[str, http.HTTPFlow] = {}
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        if "metrion" in flow.metadata:
-            self.inflight[flow.id] = flow
 
     def done(self) -> None:
         # A body can be complete at the client before its response hook has run; a shutdown in
         # between must not lose that row. Unfinished ones are recorded as such.
-        for flow in list(self.inflight.values()):
+        for flow in list(self.store.inflight.values()):
             meta = flow.metadata["metrion"]
             if not (flow.response and flow.response.timestamp_end):
                 meta.setdefault("upstream_error", "metrion shut down before the request finished")
@@ -235,7 +228,7 @@ class Recorder:
         self._record(flow)
 
     def _record(self, flow: http.HTTPFlow) -> None:
-        self.inflight.pop(flow.id, None)
+        self.store.inflight.pop(flow.id, None)
         meta = flow.metadata.get("metrion")
         if meta is None or meta.get("recorded"):
             return
@@ -254,7 +247,7 @@ def base_row(flow: http.HTTPFlow, meta: dict) -> dict:
     arrived = request.timestamp_start
     ended = (response.timestamp_end if response and response.timestamp_end else None) or time.time()
     return {
-        "ts": isoformat(datetime.datetime.fromtimestamp(arrived, datetime.timezone.utc)),
+        "ts": iso_from_epoch(arrived),
         "account_id": meta.get("account_id"),
         "token_id": meta.get("token_id"),
         "provider": meta.get("provider"),

@@ -123,12 +123,17 @@ class Router:
         if flow.response or flow.error or not flow.live:
             return
         meta = flow.metadata["metrion"] = {}
+        if self.store is not None:
+            self.store.inflight[flow.id] = flow
         route = self.route(flow)
         headers = flow.request.headers
-        meta["requester"] = clean_requester(headers.get("x-metrion-user", "")) or None
-        meta["metrion_token"] = headers.get("x-metrion-token")
-        for name in [n for n in headers if n.lower().startswith("x-metrion-")]:
-            del headers[name]
+        ours = {name.lower() for name, _ in headers.fields if name[:10].lower() == b"x-metrion-"}
+        if ours:
+            requester = headers.get("x-metrion-user")
+            meta["requester"] = clean_requester(requester) if requester else None
+            meta["metrion_token"] = headers.get("x-metrion-token")
+            for name in ours:
+                del headers[name.decode("latin-1")]
         if route is None:
             meta["error"] = "no provider serves this listener"
             flow.response = http.Response.make(

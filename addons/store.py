@@ -51,6 +51,9 @@ class Store:
         self._version_conn = None  # used only by the reload thread
         self._refreshing: asyncio.Future | None = None
         self.closing = False  # set on SIGTERM: new requests are turned away while in-flight ones finish
+        # Flows routed and not yet recorded (Router adds, Recorder removes): the upstream
+        # watchdog scans them, and at shutdown each still gets its row.
+        self.inflight: dict[str, object] = {}
 
     def load(self, loader) -> None:
         loader.add_option(

@@ -40,8 +40,8 @@ def is_timeout(message: str) -> bool:
 
 
 class UpstreamErrors:
-    def __init__(self) -> None:
-        self.inflight: dict[str, http.HTTPFlow] = {}
+    def __init__(self, store) -> None:
+        self.store = store
         self._watchdog: asyncio.Task | None = None
 
     def load(self, loader) -> None:
@@ -64,30 +64,22 @@ class UpstreamErrors:
         if self._watchdog is not None:
             self._watchdog.cancel()
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        meta = flow.metadata.get("metrion")
-        if flow.response is None and meta and meta.get("provider"):
-            meta["sent_at"] = time.monotonic()
-            self.inflight[flow.id] = flow
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.id in self.inflight:
-            flow.metadata["metrion"]["sent_at"] = time.monotonic()
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        self.inflight.pop(flow.id, None)
-
     async def _watch(self) -> None:
         while True:
             timeout = ctx.options.metrion_upstream_timeout
             await asyncio.sleep(min(1.0, timeout / 4) if timeout else 1.0)
             if not timeout:
                 continue
-            now = time.monotonic()
-            for flow in list(self.inflight.values()):
+            now = time.time()
+            for flow in list(self.store.inflight.values()):
                 meta = flow.metadata["metrion"]
-                tap = meta.get("tap")
-                last = max(meta["sent_at"], getattr(tap, "last_chunk_at", 0.0))
+                if meta.get("refused") or not meta.get("provider") or flow.request.timestamp_end is None:
+                    continue
+                # The last sign of life: the request sent, the answer's headers, its last chunk.
+                response = flow.response
+                last = max(flow.request.timestamp_end,
+                           response.timestamp_start or 0.0 if response else 0.0,
+                           getattr(meta.get("tap"), "last_chunk_at", 0.0))
                 if now - last > timeout and not meta.get("timed_out"):
                     meta["timed_out"] = f"no bytes from the upstream for {timeout} s"
                     self._close_upstream(flow)
@@ -99,7 +91,6 @@ class UpstreamErrors:
             handler.close_connection(flow.server_conn)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.inflight.pop(flow.id, None)
         meta = flow.metadata.get("metrion")
         if not meta or not meta.get("provider") or flow.error is None:
             return

@@ -3,6 +3,7 @@
 import datetime
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -21,6 +22,19 @@ def utcnow() -> datetime.datetime:
 
 def isoformat(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def iso_from_epoch(seconds: float) -> str:
+    """UTC ISO 8601 with milliseconds, as isoformat(); called once per request, so the
+    formatted second is kept and only the milliseconds are added."""
+    global _second_prefix
+    whole = int(seconds)
+    if _second_prefix[0] != whole:
+        _second_prefix = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
+    return f"{_second_prefix[1]}{int((seconds - whole) * 1000):03d}Z"
 
 
 def now_iso() -> str:

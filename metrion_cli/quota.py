@@ -8,7 +8,7 @@ from . import accounts
 
 
 def month_of(moment: datetime.datetime) -> str:
-    return moment.strftime("%Y-%m")
+    return f"{moment.year:04d}-{moment.month:02d}"
 
 
 def next_month_start(moment: datetime.datetime) -> datetime.datetime:

@@ -122,32 +122,29 @@ async def run_lean_master(settings: dict, extra_addons: list, set_specs: list[st
 
 async def _run(config: ServeConfig) -> int:
     from addons import providers
-    from addons.metrion import make_addons
+    from addons.metrion import Metrion
     from addons.router import parse_upstreams
 
     upstreams = parse_upstreams([f"{k}={v}" for k, v in config.upstreams.items()])
     settings = proxy_options(config, list(providers.PROVIDERS), upstreams)
     settings["confdir"] = str(config_confdir(config))
     announce = Announce({v.rstrip("/").lower(): k for k, v in upstreams.items()})
-    addons = make_addons()
-    return await run_lean_master(settings, [*addons, announce], config.set_specs, Drain(addons))
+    metrion = Metrion()
+    metrion.addons.append(announce)
+    return await run_lean_master(settings, [metrion], config.set_specs, Drain(metrion.store))
 
 
 class Drain:
     """Graceful stop for Metrion: turn new requests away, let the recorded ones finish."""
 
-    def __init__(self, addons: list) -> None:
-        from addons.recorder import Recorder
-        from addons.store import Store
-
-        self.store = next(a for a in addons if isinstance(a, Store))
-        self.recorder = next(a for a in addons if isinstance(a, Recorder))
+    def __init__(self, store) -> None:
+        self.store = store
 
     def begin(self) -> None:
         self.store.closing = True
 
     def finished(self) -> bool:
-        return not self.recorder.inflight
+        return not self.store.inflight
 
 
 def _quiet_cancellations(loop, context) -> None:

@@ -65,7 +65,7 @@ class Writer:
                 logger.error("metrion writer: queue full, %d rows dropped so far", self.dropped)
             return
         # The month a request counts in is the one Quota counted it in (its clock), else its ts.
-        self._queue.put((*(row.get(c) for c in REQUEST_COLUMNS), row.get("month") or row["ts"][:7]))
+        self._queue.put((*map(row.get, REQUEST_COLUMNS), row.get("month") or row["ts"][:7]))
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush everything queued, then stop the thread."""

@@ -6,7 +6,7 @@ what the `Provider` protocol lists, so a new provider is one module plus one lin
 """
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
 
@@ -33,10 +33,13 @@ class Usage:
     note: str | None = None   # why counts are missing, when they are
 
     def as_row(self) -> dict[str, Any]:
-        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("raw", "note")}
-        row["usage_raw"] = json.dumps(self.raw, separators=(",", ":")) if self.raw is not None else None
-        row["usage_note"] = self.note
-        return row
+        return {
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens, "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens, "total_tokens": self.total_tokens,
+            "usage_raw": json.dumps(self.raw, separators=(",", ":")) if self.raw is not None else None,
+            "usage_note": self.note,
+        }
 
 
 class StreamReader(Protocol):
