@@ -1,0 +1,58 @@
+"""Whatever the chunking, and whatever garbage a stream carries, the taps pass every byte on
+unchanged, never raise, and read the same usage."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from addons import providers
+from addons.recorder import SSETap
+from metrion_cli.fakes import FakeUpstream
+from providers_table import CASES
+
+
+def streams():
+    """One real stream per provider, as its fake upstream sends it (Gemini's has CRLF line
+    ends; Mistral's is given them too, so both framings are split)."""
+    import httpx2 as httpx
+    found = {}
+    for case in CASES:
+        with FakeUpstream(case.provider) as fake:
+            path, headers, body = case.raw_stream("sk-test-key-for-split-tests-0000")
+            if case.provider == "openai":
+                body = {**body, "stream_options": {"include_usage": True}}
+            httpx.post(fake.url + path, headers=headers, json=body)
+            sent = fake.sent[-1].body
+            found[case.provider] = (path, sent.replace(b"\n", b"\r\n") if case.provider == "mistral" else sent)
+    return found
+
+
+STREAMS = streams()
+
+
+def tap_through(provider: str, path: str, chunks: list[bytes]):
+    tap = SSETap(providers.get(provider).stream_reader(path), "")
+    out = b"".join(tap(chunk) for chunk in chunks)
+    tap(b"")
+    return out, tap.reader.usage(), tap.reader.model
+
+
+@pytest.mark.parametrize("provider", list(STREAMS))
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30))
+def test_any_chunking_gives_the_same_usage(provider, cuts):
+    path, body = STREAMS[provider]
+    bounds = [0, *sorted({c % (len(body) + 1) for c in cuts}), len(body)]
+    whole_out, whole_usage, whole_model = tap_through(provider, path, [body])
+    out, usage, model = tap_through(provider, path, [body[a:b] for a, b in zip(bounds, bounds[1:])])
+    assert out == whole_out == body
+    assert (usage.input_tokens, usage.output_tokens, usage.raw) == \
+           (whole_usage.input_tokens, whole_usage.output_tokens, whole_usage.raw)
+    assert whole_usage.input_tokens is not None and model == whole_model
+
+
+@pytest.mark.parametrize("provider", list(STREAMS))
+@given(garbage=st.lists(st.binary(max_size=200), max_size=20))
+def test_garbage_passes_unchanged_and_never_raises(provider, garbage):
+    path, _ = STREAMS[provider]
+    out, usage, _ = tap_through(provider, path, garbage)
+    assert out == b"".join(garbage)
