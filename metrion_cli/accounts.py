@@ -81,3 +81,11 @@ def set_rpm(db: Database, name: str, rpm: int | None) -> dict:
     account = get(db, name)
     db.execute("UPDATE accounts SET rpm = ? WHERE id = ?", [rpm, account["id"]])
     return get(db, account["id"])
+
+
+def register_key(db: Database, account_id: int, provider: str, fingerprint: str, last4: str) -> None:
+    """Claim a pass-through key for an account by its fingerprint (the key itself is not kept)."""
+    with db.atomic():
+        db.execute("DELETE FROM registered_keys WHERE fingerprint = ?", [fingerprint])
+        db["registered_keys"].insert({"account_id": account_id, "provider": provider,
+                                      "fingerprint": fingerprint, "last4": last4, "created": now_iso()})

@@ -2,7 +2,7 @@ import sys
 
 import click
 
-from .. import PROVIDER_NAMES, accounts, db as dbmod
+from .. import PROVIDER_NAMES, accounts
 from . import open_db, open_vault, pass_paths, table
 
 provider_choice = click.Choice(PROVIDER_NAMES)
@@ -105,10 +105,7 @@ def register_key(paths, account, provider):
     account_row = accounts.get(db, account)
     key = read_secret(f"{provider} key to register for {account}")
     fingerprint = open_vault(paths).fingerprint(key)
-    db.execute("DELETE FROM registered_keys WHERE fingerprint = ?", [fingerprint])
-    db["registered_keys"].insert({
-        "account_id": account_row["id"], "provider": provider, "fingerprint": fingerprint,
-        "last4": key[-4:], "created": dbmod.now_iso()})
+    accounts.register_key(db, account_row["id"], provider, fingerprint, key[-4:])
     click.echo(f"registered {provider} key ...{key[-4:]} (fingerprint {fingerprint}) for {account}")
 
 
