@@ -7,7 +7,7 @@ VENV := .venv
 METRION := $(VENV)/bin/metrion
 STAMP := $(VENV)/.synced
 
-.PHONY: run test clean
+.PHONY: run test clean bench
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -23,6 +23,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest
+
+# Metrion's cost over the bare proxy (bench/README.md); about 8 minutes. wrk is Debian's package.
+# `make bench BENCH_ARGS=--quick` for a one-minute smoke run.
+bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .uv $(VENV)

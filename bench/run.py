@@ -1,0 +1,877 @@
+"""Metrion's cost over the bare proxy, side by side in one run (`make bench`).
+
+Starts the package's fake OpenAI upstream and, in front of it, the proxies to compare:
+
+  bare-mitmdump        .venv/bin/mitmdump, reverse mode, no script
+  lean-master          mitmproxy's lean Master as `metrion serve` builds it, no Metrion addon
+                       (bench/lean_master.py): the ceiling
+  metrion-stored       `metrion serve`, requests carrying a Metrion token (stored key swapped in)
+  metrion-passthrough  the same process, requests carrying a provider key (forwarded untouched)
+  --target NAME=URL    any other gateway already running, pointed at the fake (--fake-port)
+
+and drives them all with the same load from wrk (bench/lua/chat.lua) in a separate process,
+plus a time-to-first-byte probe (bench/ttfb_probe.py), RSS readings from /proc, a memory soak,
+and the writer fed directly (bench/writer_bench.py). Prints one markdown table and writes it
+to bench/results/latest.md. See bench/README.md for how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+PYTHON = str(VENV_BIN / "python")
+LUA = str(BENCH / "lua" / "chat.lua")
+
+STORED_KEY = "sk-bench-key"
+PASSTHROUGH_KEY = "sk-bench-passthrough-key"
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    runs: int = 3               # measured runs of every load figure
+    duration: int = 5           # seconds per wrk run (c=1, c=16, stream c=4)
+    warmup: int = 2             # seconds of c=16 load per target before the first measured run
+    probe_requests: int = 200   # sequential streaming requests per TTFB probe
+    soak_requests: int = 100_000
+    soak_segments: int = 10     # RSS is read after each segment; the first is the warm-up
+    writer_rows: int = 200_000
+    writer_runs: int = 3
+    pin: bool = True
+    soak_all: bool = False      # also soak bare-mitmdump (adds about two minutes)
+
+    @classmethod
+    def quick(cls) -> "Settings":
+        return cls(runs=1, duration=1, warmup=1, probe_requests=30, soak_requests=4_000,
+                   soak_segments=4, writer_rows=20_000, writer_runs=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes
+# ----------------------------------------------------------------------------------------------
+
+
+def _set_pdeathsig() -> None:
+    """Ask the kernel to SIGTERM the child if this driver dies without cleaning up."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _child_setup(cpus: set[int] | None, pdeathsig: bool) -> Callable[[], None]:
+    def setup() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if pdeathsig:
+            _set_pdeathsig()
+    return setup
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+class Proc:
+    """A long-running process we started: own session, output to a log file, pinned."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, cpus: set[int] | None,
+                 env: dict | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.p = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+            env=env, start_new_session=True, preexec_fn=_child_setup(cpus, True))
+        self.pid = self.p.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def wait_ready(self, port: int | None = None, line: str | None = None, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.p.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.p.returncode}:\n{self.log_tail()}")
+            ok = True
+            if line is not None:
+                ok = line in self.log_path.read_text(errors="replace")
+            if ok and port is not None:
+                ok = port_open(port)
+            if ok:
+                return
+            time.sleep(0.05)
+        raise BenchError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise BenchError(f"no VmRSS for {self.name}")
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.p.wait(5)
+        else:  # the leader is gone; make sure nothing of its group is left
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self._log.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets and results
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    url: str                 # the base the load hits; /v1/chat/completions is appended
+    auth: str                # Authorization header value
+    proc: Proc | None        # the proxy process (None: a gateway we did not start)
+    soak: bool = False
+    memory_note: str | None = None  # why memory figures are n/a
+    served: int = 0          # requests completed by our load, probe included
+
+
+@dataclass
+class Fig:
+    key: str
+    label: str
+    unit: str           # "ms", "MB", "/s"
+    compare: str        # "ratio": % of the baseline; "delta": added units; "none"
+    decimals: int = 2
+
+
+FIGURES = [
+    Fig("c1_p50", "c=1 p50 latency", "ms", "delta"),
+    Fig("c1_p99", "c=1 p99 latency", "ms", "delta"),
+    Fig("c1_rps", "c=1 requests/s", "/s", "ratio", 0),
+    Fig("c16_rps", "c=16 requests/s", "/s", "ratio", 0),
+    Fig("c16_p99", "c=16 p99 latency", "ms", "delta"),
+    Fig("s4_rps", "stream (20 chunks) c=4 requests/s", "/s", "ratio", 0),
+    Fig("ttfb", "stream time to first byte, median of probe", "ms", "delta"),
+    Fig("rss_idle", "RSS idle", "MB", "delta", 1),
+    Fig("rss_load", "RSS after the load above", "MB", "delta", 1),
+    Fig("rss_soak", "RSS after the soak", "MB", "delta", 1),
+    Fig("growth", "RSS growth per 10,000 requests after warm-up", "MB", "delta", 2),
+]
+# Figures that are not per proxy; each is filled by one function of EXTRA_MEASUREMENTS.
+EXTRA_FIGURES = [
+    Fig("writer", "writer rows/s (Writer fed directly, fresh db)", "/s", "none", 0),
+    Fig("dashboard", "dashboard: logs page, p50", "ms", "none"),
+    Fig("export", "export: metrion export of the soak's rows, rows/s", "/s", "none", 0),
+]
+BASELINES = ("lean-master", "bare-mitmdump")
+
+
+class Results:
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], list[float]] = {}
+        self.notes: dict[tuple[str, str], str] = {}   # n/a reasons
+        self.flags: dict[tuple[str, str], str] = {}   # a warning shown beside the figure
+        self.warnings: list[str] = []
+        self.info: list[str] = []
+        self.soak: dict[str, dict] = {}
+
+    def add(self, key: str, target: str, value: float) -> None:
+        self.values.setdefault((key, target), []).append(value)
+
+    def na(self, key: str, target: str, reason: str) -> None:
+        self.notes[(key, target)] = reason
+
+    def median(self, key: str, target: str) -> float | None:
+        v = self.values.get((key, target))
+        return statistics.median(v) if v else None
+
+    def to_json(self) -> dict:
+        return {
+            "values": [{"figure": k, "target": t, "runs": v} for (k, t), v in self.values.items()],
+            "na": [{"figure": k, "target": t, "reason": r} for (k, t), r in self.notes.items()],
+            "warnings": self.warnings, "info": self.info, "soak": self.soak,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# The bench
+# ----------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        self.args = args
+        self.s = settings
+        self.results = Results()
+        self.procs: list[Proc] = []
+        self.targets: list[Target] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="metrion-bench-"))
+        self.logs = self.tmp / "logs"
+        self.logs.mkdir()
+        ncpu = len(os.sched_getaffinity(0))
+        self.pinned = settings.pin and ncpu >= 2 and (os.cpu_count() or 1) >= 2
+        cpus = sorted(os.sched_getaffinity(0))
+        # The proxy under test gets a core to itself; wrk, the fake upstream, the probe and this
+        # driver share the other one.
+        self.proxy_cpus = {cpus[-1]} if self.pinned else None
+        self.load_cpus = {cpus[0]} if self.pinned else None
+        self.env = self._environment()
+        self.fake_url = ""
+        self.metrion_data: Path | None = None
+        self.background: list[float] = []  # cores busy outside the proxy while it settles
+
+    # ---- set-up ----
+
+    def _environment(self) -> dict:
+        env = dict(os.environ)
+        for name in ("METRION_SECRET_KEY", "METRION_DATA_DIR", "HTTP_PROXY", "HTTPS_PROXY",
+                     "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+            env.pop(name, None)
+        # The master key goes to a temp file: the user's config is never touched.
+        env["METRION_SECRET_KEY_FILE"] = str(self.tmp / "secret.key")
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        return env
+
+    def start(self, name: str, argv: list[str], port: int | None = None, line: str | None = None) -> Proc:
+        cpus = self.load_cpus if name == "fake" else self.proxy_cpus
+        proc = Proc(name, argv, self.logs, cpus, self.env)
+        self.procs.append(proc)
+        proc.wait_ready(port=port, line=line)
+        return proc
+
+    def metrion_cli(self, *args: str, data: Path, input: str | None = None, check: bool = True) -> str:
+        argv = [str(VENV_BIN / "metrion"), "--data-dir", str(data), *args]
+        r = subprocess.run(argv, input=input, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=60)
+        if check and r.returncode != 0:
+            raise BenchError(f"{' '.join(argv[3:])} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+        return r.stdout if r.returncode == 0 else ""
+
+    def start_all(self) -> None:
+        fake_port = self.args.fake_port or free_port()
+        self.start("fake", [PYTHON, "-m", "metrion_cli.fakes", f"openai={fake_port}", "--no-record"],
+                   port=fake_port, line="listening")
+        self.fake_url = f"http://127.0.0.1:{fake_port}"
+        print(f"fake upstream: {self.fake_url}", flush=True)
+
+        port = free_port()
+        conf = self.tmp / "mitmdump-conf"  # keeps mitmdump's CA out of ~/.mitmproxy
+        proc = self.start("bare-mitmdump", [
+            str(VENV_BIN / "mitmdump"), "-q", "--mode", f"reverse:{self.fake_url}@127.0.0.1:{port}",
+            "--set", "connection_strategy=lazy", "--set", f"confdir={conf}"], port=port)
+        self.targets.append(Target("bare-mitmdump", f"http://127.0.0.1:{port}", f"Bearer {STORED_KEY}",
+                                   proc, soak=self.s.soak_all))
+
+        port = free_port()
+        proc = self.start("lean-master", [
+            PYTHON, str(BENCH / "lean_master.py"), "--upstream", self.fake_url, "--port", str(port),
+            "--confdir", str(self.tmp / "lean-conf")], port=port)
+        self.targets.append(Target("lean-master", f"http://127.0.0.1:{port}", f"Bearer {STORED_KEY}",
+                                   proc, soak=True))
+
+        data = self.metrion_data = self.tmp / "data"
+        self.metrion_cli("init", data=data)
+        self.metrion_cli("accounts", "add", "bench", "--plan", "pro", data=data)
+        self.metrion_cli("keys", "add", "bench", "openai", data=data, input=STORED_KEY + "\n")
+        # Rate limits and caps are not what is measured: lift them where the CLI has the commands
+        # (pass-through requests count against the `default` account).
+        for cmd in (("quota", "rpm", "bench", "none"), ("quota", "rpm", "default", "none"),
+                    ("quota", "set", "default", "none"), ("quota", "set", "bench", "none")):
+            if not self.metrion_cli(*cmd, data=data, check=False):
+                self.results.info.append(f"`metrion {' '.join(cmd)}` not available or failed; skipped")
+        token = self.metrion_cli("tokens", "create", "bench", "--quiet", data=data).strip().splitlines()[-1]
+        if not token.startswith("mtr_"):
+            raise BenchError(f"tokens create printed no token: {token!r}")
+        port = free_port()
+        off = [a for p in ("anthropic", "gemini", "mistral", "xai") for a in ("--port", f"{p}=off")]
+        proc = self.start("metrion", [
+            str(VENV_BIN / "metrion"), "--data-dir", str(data), "serve", "--port", f"openai={port}", *off,
+            "--upstream", f"openai={self.fake_url}"], port=port, line="metrion: ready")
+        url = f"http://127.0.0.1:{port}"
+        self.targets.append(Target("metrion-stored", url, f"Bearer {token}", proc, soak=True))
+        self.targets.append(Target("metrion-passthrough", url, f"Bearer {PASSTHROUGH_KEY}", proc,
+                                   memory_note="n/a (same process as metrion-stored)"))
+
+        for spec in self.args.target:
+            name, _, url = spec.partition("=")
+            if not name or not url.startswith(("http://", "https://")):
+                raise BenchError(f"--target {spec!r}: expected NAME=http://HOST:PORT")
+            if name in {t.name for t in self.targets}:
+                raise BenchError(f"--target {name}: the name is taken")
+            self.targets.append(Target(name, url.rstrip("/"), f"Bearer {self.args.target_key}", None,
+                                       memory_note="n/a (process not started by the bench)"))
+
+    # ---- measuring ----
+
+    def settle(self, target: Target, minimum: float = 0.5, maximum: float = 5.0) -> None:
+        """Wait until the proxy is idle again (under 5% of a core over 200 ms)."""
+        time.sleep(minimum)
+        proc = target.proc
+        if proc is None:
+            time.sleep(0.5)
+            return
+        deadline = time.monotonic() + maximum
+        while time.monotonic() < deadline:
+            before, busy = proc.cpu_seconds(), system_busy_seconds()
+            time.sleep(0.2)
+            own = proc.cpu_seconds() - before
+            # Everything else busy meanwhile: other work on the machine skews the figures.
+            self.background.append(max(0.0, system_busy_seconds() - busy - own) / 0.2)
+            if own / 0.2 < 0.05:
+                return
+
+    def wrk(self, target: Target, connections: int, seconds: int, mode: str) -> dict:
+        argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", LUA,
+                target.url, "--", target.auth, mode]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
+                           preexec_fn=_child_setup(self.load_cpus, True))
+        for line in r.stdout.splitlines():
+            if line.startswith("BENCH_RESULT "):
+                result = json.loads(line.removeprefix("BENCH_RESULT "))
+                break
+        else:
+            raise BenchError(f"wrk gave no result for {target.name} ({r.returncode}):\n{r.stdout}{r.stderr}")
+        target.served += result["requests"]
+        errors = {k: v for k, v in result["errors"].items() if v}
+        if errors:
+            result["error_text"] = ", ".join(f"{v} {'non-2xx' if k == 'status' else k}" for k, v in errors.items())
+        return result
+
+    def probe(self, target: Target) -> dict:
+        argv = [PYTHON, str(BENCH / "ttfb_probe.py"), target.url, "--auth", target.auth,
+                "-n", str(self.s.probe_requests)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, env=self.env,
+                           preexec_fn=_child_setup(self.load_cpus, True))
+        try:
+            result = json.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise BenchError(f"ttfb probe failed for {target.name}:\n{r.stdout}{r.stderr}") from None
+        if "error" in result:
+            raise BenchError(f"ttfb probe for {target.name}: {result['error']}")
+        target.served += result["n"] + 5
+        return result
+
+    def record_errors(self, figure: str, target: Target, result: dict, what: str) -> None:
+        if "error_text" in result:
+            self.results.flags[(figure, target.name)] = "⚠"
+            self.results.warnings.append(f"{target.name}, {what}: {result['error_text']}")
+
+    def warm_up(self) -> None:
+        for t in self.targets:
+            r = self.wrk(t, 16, self.s.warmup, "json")
+            r2 = self.wrk(t, 4, 1, "stream")
+            bad = r["errors"]["status"] + r2["errors"]["status"]
+            if r["requests"] == 0 or bad:
+                msg = (f"{t.name} answered {bad} of {r['requests'] + r2['requests']} warm-up requests "
+                       f"with a non-2xx status")
+                if t.proc is not None:
+                    raise BenchError(f"{msg}; its log:\n{t.proc.log_tail()}")
+                self.results.warnings.append(msg + ": its figures are not comparable")
+            self.settle(t)
+
+    def memory(self, key: str, t: Target, samples: int = 3) -> None:
+        if t.proc is None or t.memory_note:
+            self.results.na(key, t.name, t.memory_note or "n/a")
+            return
+        for i in range(samples):
+            if i:
+                time.sleep(0.2)
+            self.results.add(key, t.name, t.proc.rss_mb())
+
+    def load_round(self, t: Target) -> None:
+        res, d = self.results, self.s.duration
+        r = self.wrk(t, 1, d, "json")
+        res.add("c1_p50", t.name, r["p50_ms"])
+        res.add("c1_p99", t.name, r["p99_ms"])
+        res.add("c1_rps", t.name, r["rps"])
+        self.record_errors("c1_rps", t, r, "c=1")
+        self.settle(t)
+        r = self.wrk(t, 16, d, "json")
+        res.add("c16_rps", t.name, r["rps"])
+        res.add("c16_p99", t.name, r["p99_ms"])
+        self.record_errors("c16_rps", t, r, "c=16")
+        self.settle(t)
+        r = self.wrk(t, 4, d, "stream")
+        res.add("s4_rps", t.name, r["rps"])
+        self.record_errors("s4_rps", t, r, "stream c=4")
+        self.settle(t)
+        p = self.probe(t)
+        res.add("ttfb", t.name, p["median_ms"])
+        if p["failed"]:
+            res.flags[("ttfb", t.name)] = "⚠"
+            res.warnings.append(f"{t.name}, ttfb probe: {p['failed']} failed requests")
+        self.settle(t, minimum=0.3)
+
+    def soak(self, t: Target) -> None:
+        """`soak_requests` more requests at c=16 (one in four streamed), RSS after each segment;
+        growth is measured after the first segment (the warm-up) in three equal windows."""
+        s, res = self.s, self.results
+        assert t.proc is not None
+        rps = (res.median("c16_rps", t.name) or 500) * 0.85
+        seg_requests = s.soak_requests / s.soak_segments
+        seconds = max(1, round(seg_requests / rps))
+        points = [(0, t.proc.rss_mb())]
+        done = 0
+        started = time.monotonic()
+        for _ in range(4 * s.soak_segments):  # bounded, whatever the rate turns out to be
+            r = self.wrk(t, 16, seconds, "mix")
+            self.record_errors("rss_soak", t, r, "soak")
+            done += r["requests"]
+            self.settle(t, minimum=0.3, maximum=2)
+            points.append((done, t.proc.rss_mb()))
+            if done >= s.soak_requests:
+                break
+            # aim the remaining segments at the remaining requests
+            seconds = max(1, round(min(seg_requests, s.soak_requests - done) / (r["rps"] or rps)))
+        self.memory("rss_soak", t)
+        warm = 1
+        post = points[warm:]
+        n = len(post) - 1
+        if n >= 3:
+            cuts = [round(i * n / 3) for i in range(4)]
+            for a, b in zip(cuts, cuts[1:]):
+                (n0, r0), (n1, r1) = post[a], post[b]
+                res.add("growth", t.name, (r1 - r0) / (n1 - n0) * 10_000)
+        else:
+            res.na("growth", t.name, "n/a (soak too short)")
+        (n0, r0), (n1, r1) = post[0], post[-1]
+        per_100k = (r1 - r0) / (n1 - n0) * 100_000 if n1 > n0 else None
+        res.soak[t.name] = {"points": points, "warmup_requests": post[0][0], "requests": done,
+                            "seconds": round(time.monotonic() - started, 1),
+                            "growth_mb_per_100k": per_100k}
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        self.start_all()
+        for t in self.targets:
+            self.memory("rss_idle", t)
+        print(f"targets up ({time.monotonic() - t0:.0f} s); warming up", flush=True)
+        self.warm_up()
+        for i in range(self.s.runs):
+            for t in self.targets:
+                print(f"run {i + 1}/{self.s.runs}: {t.name}", flush=True)
+                self.load_round(t)
+        for t in self.targets:
+            self.memory("rss_load", t)
+        for t in self.targets:
+            if t.soak and t.proc is not None:
+                print(f"soak: {t.name}, {self.s.soak_requests:,} requests", flush=True)
+                self.soak(t)
+            elif t.proc is not None and not t.memory_note:
+                self.results.na("rss_soak", t.name, "not soaked (--soak-all)")
+                self.results.na("growth", t.name, "not soaked (--soak-all)")
+            else:
+                self.results.na("rss_soak", t.name, t.memory_note or "n/a")
+                self.results.na("growth", t.name, t.memory_note or "n/a")
+        self.check_rows()
+        self.note_background()
+        for t in self.targets:
+            if t.proc is not None:
+                t.proc.stop()
+        self.count_rows()
+        for measure in EXTRA_MEASUREMENTS:
+            print(f"measuring: {measure.__doc__.strip().splitlines()[0]}", flush=True)
+            measure(self)
+
+    def check_rows(self) -> None:
+        self._served_by_metrion = sum(t.served for t in self.targets if t.name.startswith("metrion-"))
+
+    def count_rows(self) -> None:
+        """After `metrion serve` stopped (and flushed): rows recorded vs requests completed."""
+        import sqlite3
+        if self.metrion_data is None:
+            return
+        conn = sqlite3.connect(self.metrion_data / "metrion.db")
+        try:
+            total, aborted, failed = conn.execute(
+                "SELECT count(*), sum(client_aborted), sum(NOT client_aborted AND "
+                "(status IS NULL OR status >= 400)) FROM requests").fetchone()
+        finally:
+            conn.close()
+        self.results.info.append(
+            f"metrion recorded {total:,} rows for the {self._served_by_metrion:,} requests the load and the "
+            f"probe completed; {aborted or 0:,} of them client-aborted (wrk cuts the requests in flight "
+            f"when a run ends), {failed or 0:,} other non-2xx")
+        if failed:
+            self.results.warnings.append(f"metrion recorded {failed:,} failed requests (not client aborts)")
+
+    def note_background(self) -> None:
+        if not self.background:
+            return
+        b = sorted(self.background)
+        med, p90 = statistics.median(b), b[int(0.9 * (len(b) - 1))]
+        text = (f"other processes' CPU while the proxies were idle between runs: median {med * 100:.0f}% "
+                f"of a core, p90 {p90 * 100:.0f}% ({len(b)} readings)")
+        if med > 0.1 or p90 > 0.3:
+            self.results.warnings.append(text + ": something else was running, figures are noisy")
+        else:
+            self.results.info.append(text)
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        if self.args.keep_tmp:
+            print(f"kept {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements that are not per proxy. Adding one: write a function `measure_x(bench)` that
+# fills `bench.results` for its figure (a Fig in EXTRA_FIGURES) and append it to the list.
+# ----------------------------------------------------------------------------------------------
+
+
+def measure_writer(bench: Bench) -> None:
+    """the writer, fed directly"""
+    s = bench.s
+    for i in range(s.writer_runs):
+        data = bench.tmp / f"writer-{i}"
+        bench.metrion_cli("init", data=data)
+        argv = [PYTHON, str(BENCH / "writer_bench.py"), "--data-dir", str(data), "--rows", str(s.writer_rows)]
+        # On the proxy's core: the writer is a thread of the proxy's process.
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=bench.env, timeout=300,
+                           preexec_fn=_child_setup(bench.proxy_cpus, True))
+        try:
+            result = json.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise BenchError(f"writer bench failed:\n{r.stdout}{r.stderr}") from None
+        if "error" in result:
+            raise BenchError(f"writer bench: {result['error']}")
+        if result["dropped"] or result["written"] != result["rows"]:
+            bench.results.flags[("writer", "metrion")] = "⚠"
+            bench.results.warnings.append(
+                f"writer: {result['written']:,} of {result['rows']:,} rows written, {result['dropped']:,} dropped")
+        bench.results.add("writer", "metrion", result["rows_per_s"])
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def measure_dashboard(bench: Bench) -> None:
+    """the dashboard (not built yet)"""
+    bench.results.na("dashboard", "metrion", "n/a (dashboard not built yet)")
+
+
+def measure_export(bench: Bench) -> None:
+    """the export (not built yet)"""
+    bench.results.na("export", "metrion", "n/a (dashboard not built yet)")
+
+
+EXTRA_MEASUREMENTS: list[Callable[[Bench], None]] = [measure_writer, measure_dashboard, measure_export]
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+
+def fmt(value: float, decimals: int) -> str:
+    return f"{value:,.{decimals}f}"
+
+
+def cell(res: Results, fig: Fig, target: str) -> tuple[str, str]:
+    v = res.values.get((fig.key, target))
+    if not v:
+        return res.notes.get((fig.key, target), "n/a"), ""
+    flag = res.flags.get((fig.key, target), "")
+    med = fmt(statistics.median(v), fig.decimals) + (f" {flag}" if flag else "")
+    rng = f"{fmt(min(v), fig.decimals)}–{fmt(max(v), fig.decimals)} ({len(v)})"
+    return med, rng
+
+
+def versus(res: Results, fig: Fig, target: str, base: str) -> str:
+    if fig.compare == "none" or target == base:
+        return "—" if target == base else ""
+    a, b = res.median(fig.key, target), res.median(fig.key, base)
+    if a is None or b is None:
+        return ""
+    if fig.compare == "ratio":
+        return f"{a / b * 100:.0f}%" if b else ""
+    unit = f" {fig.unit}" if fig.unit != "/s" else ""
+    return f"{a - b:+.{max(fig.decimals, 2) if fig.unit == 'ms' else fig.decimals}f}{unit}"
+
+
+def table(res: Results, targets: list[str]) -> list[str]:
+    lines = ["| figure | target | median | range (runs) | vs lean-master | vs bare-mitmdump |",
+             "|---|---|---:|---|---:|---:|"]
+    for fig in FIGURES:
+        first = True
+        for t in targets:
+            if (fig.key, t) not in res.values and (fig.key, t) not in res.notes:
+                continue
+            med, rng = cell(res, fig, t)
+            label = f"{fig.label} ({fig.unit})" if first else ""
+            first = False
+            lines.append(f"| {label} | {t} | {med} | {rng} | {versus(res, fig, t, BASELINES[0])} | "
+                         f"{versus(res, fig, t, BASELINES[1])} |")
+    for fig in EXTRA_FIGURES:
+        med, rng = cell(res, fig, "metrion")
+        lines.append(f"| {fig.label} ({fig.unit}) | metrion | {med} | {rng} |  |  |")
+    return lines
+
+
+def targets_section(res: Results) -> list[str]:
+    out = ["## Targets (metrion-stored; metrion-passthrough in brackets)", ""]
+    m = res.median
+
+    def line(ok: bool | None, text: str) -> None:
+        out.append(f"- **{'n/a' if ok is None else 'PASS' if ok else 'MISS'}** {text}")
+
+    def pct(key: str, t: str) -> float | None:
+        a, b = m(key, t), m(key, "lean-master")
+        return a / b * 100 if a is not None and b else None
+
+    s, p = pct("c16_rps", "metrion-stored"), pct("c16_rps", "metrion-passthrough")
+    line(None if s is None else s >= 90,
+         f"rps at c=16 ≥ 90% of lean-master: {s or 0:.0f}% ({m('c16_rps', 'metrion-stored') or 0:,.0f} vs "
+         f"{m('c16_rps', 'lean-master') or 0:,.0f} /s) [{p or 0:.0f}%]")
+
+    def added(t: str) -> float | None:
+        a, b = m("c1_p50", t), m("c1_p50", "lean-master")
+        return a - b if a is not None and b is not None else None
+
+    s, p = added("metrion-stored"), added("metrion-passthrough")
+    line(None if s is None else s <= 0.1,
+         f"adds ≤ 0.1 ms p50 at c=1 over lean-master: {s or 0:+.3f} ms ({m('c1_p50', 'metrion-stored') or 0:.3f} "
+         f"vs {m('c1_p50', 'lean-master') or 0:.3f} ms) [{p or 0:+.3f} ms]")
+
+    s, p = pct("s4_rps", "metrion-stored"), pct("s4_rps", "metrion-passthrough")
+    line(None if s is None else s >= 90,
+         f"streaming rps at c=4 ≥ 90% of lean-master: {s or 0:.0f}% ({m('s4_rps', 'metrion-stored') or 0:,.0f} vs "
+         f"{m('s4_rps', 'lean-master') or 0:,.0f} /s) [{p or 0:.0f}%]")
+
+    soak = res.soak.get("metrion-stored")
+    g = soak and soak["growth_mb_per_100k"]
+    lean = res.soak.get("lean-master", {}).get("growth_mb_per_100k")
+    line(None if g is None else g < 5,
+         f"memory growth < 5 MB per 100,000 requests after warm-up: "
+         + (f"{g:+.2f} MB per 100,000 over {soak['requests'] - soak['warmup_requests']:,} requests"
+            if g is not None else "not measured")
+         + (f" (lean-master: {lean:+.2f} MB)" if lean is not None else ""))
+
+    w = m("writer", "metrion")
+    line(None if w is None else w >= 20_000, f"writer ≥ 20,000 rows/s: {w or 0:,.0f} rows/s")
+    return out
+
+
+def machine_lines(bench: Bench, elapsed: float | None) -> list[str]:
+    def run(*argv: str) -> str:
+        with contextlib.suppress(Exception):
+            return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+        return ""
+
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        from mitmproxy.version import VERSION as mitm
+    except ImportError:
+        mitm = "?"
+    commit = run("git", "rev-parse", "--short=12", "HEAD") or "?"
+    if run("git", "status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    wrk = (run("wrk", "-v") or "").splitlines()
+    s = bench.s
+    pin = (f"pinned with sched_setaffinity: the proxy under test on CPU {min(bench.proxy_cpus)}; wrk, the fake "
+           f"upstream and the probe on CPU {min(bench.load_cpus)}" if bench.pinned else "not pinned")
+    lines = [
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: nproc {os.cpu_count()}, {cpu}, {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, mitmproxy {mitm}, {' '.join(wrk[0].split()[:2]) if wrk else 'wrk ?'}",
+        f"- git commit: {commit}",
+        f"- cores: {pin}; priority: nice {os.getpriority(os.PRIO_PROCESS, 0)}",
+        f"- load: wrk -t1, {s.duration} s per run, {s.runs} runs per figure (targets interleaved run by run), "
+        f"{s.warmup} s warm-up per target; POST /v1/chat/completions, small JSON body; stream = "
+        f"`\"stream\": true` + `x-fake-chunks: 20`; TTFB probe: {s.probe_requests} sequential streamed "
+        f"requests on one keep-alive connection, raw socket, median time to the first body byte",
+        f"- soak: {s.soak_requests:,} requests at c=16 (1 in 4 streamed) in about {s.soak_segments} segments; "
+        "the first segment is the warm-up; growth = three equal windows after it",
+        f"- writer: {s.writer_rows:,} rows, {s.writer_runs} runs, each against a fresh `metrion init`ed db",
+    ]
+    if elapsed is not None:
+        lines.append(f"- bench time: {elapsed / 60:.1f} min")
+    return lines
+
+
+def report(bench: Bench, elapsed: float | None) -> str:
+    res = bench.results
+    names = [t.name for t in bench.targets]
+    out = ["# Metrion benchmark", ""]
+    out += machine_lines(bench, elapsed)
+    out += ["", "Median of the runs, range min–max (number of runs). Ratios compare medians: "
+            "requests/s as % of the baseline, latency and memory as added ms / MB. "
+            "RSS rows have three readings 0.2 s apart.", ""]
+    out += table(res, names)
+    out += [""] + targets_section(res)
+    soak_lines = []
+    for name, soak in res.soak.items():
+        pts = ", ".join(f"{n / 1000:.1f}k: {r:.1f}" for n, r in soak["points"])
+        soak_lines.append(f"- {name}: RSS (MB) after N soak requests: {pts} ({soak['seconds']} s)")
+    if soak_lines:
+        out += ["", "## Soak", ""] + soak_lines
+    if res.info:
+        out += ["", "## Notes", ""] + [f"- {i}" for i in res.info]
+    if res.warnings:
+        out += ["", "## Warnings", ""] + [f"- {w}" for w in res.warnings]
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def wait_idle(timeout: float, quiet_for: float = 5.0) -> bool:
+    """Wait until the machine has been under 10% of a core busy for `quiet_for` seconds."""
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    said = False
+    while time.monotonic() < deadline:
+        before = system_busy_seconds()
+        time.sleep(0.5)
+        if (system_busy_seconds() - before) / 0.5 > 0.1:
+            quiet_since = time.monotonic()
+            if not said:
+                print("bench: waiting for the machine to be idle", file=sys.stderr, flush=True)
+                said = True
+        elif time.monotonic() - quiet_since >= quiet_for:
+            return True
+    return False
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Metrion's cost over the bare proxy, side by side in one run.",
+        epilog="Example: .venv/bin/python bench/run.py --target litellm=http://127.0.0.1:4000 --fake-port 9301")
+    p.add_argument("--target", action="append", default=[], metavar="NAME=URL",
+                   help="another gateway already running (pointed at the fake upstream, see --fake-port); "
+                   "the load hits URL/v1/chat/completions (repeatable)")
+    p.add_argument("--target-key", default=PASSTHROUGH_KEY,
+                   help="the Bearer key sent to --target gateways (default: %(default)s)")
+    p.add_argument("--fake-port", type=int, default=0, help="port of the fake upstream (default: a free one)")
+    p.add_argument("--quick", action="store_true", help="a fast smoke run: 1 run of 1 s per figure, short soak")
+    p.add_argument("--runs", type=int, help="runs per figure (default 3)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 5)")
+    p.add_argument("--soak-requests", type=int, help="requests in the memory soak (default 100,000)")
+    p.add_argument("--soak-all", action="store_true", help="also soak bare-mitmdump")
+    p.add_argument("--wait-idle", type=int, default=0, metavar="SECONDS",
+                   help="first wait up to SECONDS for the machine to be idle (a shared machine)")
+    p.add_argument("--no-nice", action="store_true", help="do not raise the bench's priority (nice -10)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the proxy and the load to separate cores")
+    p.add_argument("--output", type=Path,
+                   help="where to write the report (default bench/results/latest.md, quick.md with --quick)")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, databases)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = Settings.quick() if args.quick else Settings()
+    if args.runs:
+        s.runs = s.writer_runs = args.runs
+    if args.duration:
+        s.duration = args.duration
+    if args.soak_requests:
+        s.soak_requests = args.soak_requests
+    s.soak_all = args.soak_all
+    s.pin = not args.no_pin
+    if not shutil.which("wrk"):
+        print("bench: wrk is not installed (apt-get install -y wrk; `make bench` does it)", file=sys.stderr)
+        return 2
+    output = args.output or BENCH / "results" / ("quick.md" if args.quick else "latest.md")
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    if args.wait_idle and not wait_idle(args.wait_idle):
+        print(f"bench: the machine is still busy after {args.wait_idle} s; measuring anyway", file=sys.stderr)
+    if not args.no_nice:
+        # On a shared machine (a test suite running beside) the bench's processes get most of the
+        # CPU they ask for; children inherit the priority.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
+    bench = Bench(args, s)
+    if bench.pinned:
+        os.sched_setaffinity(0, bench.load_cpus)  # the driver stays off the proxy's core
+    started = time.monotonic()
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping what it started", file=sys.stderr)
+        return 130
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        bench.cleanup()
+    text = report(bench, time.monotonic() - started)
+    print()
+    print(text, end="")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    output.with_suffix(".json").write_text(json.dumps(bench.results.to_json(), indent=1) + "\n")
+    print(f"\nwritten to {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
