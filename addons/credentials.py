@@ -55,35 +55,56 @@ class Credentials:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._unknown: dict[str, float] = {}  # token sha256 -> when to look again
+        self._hashes: dict[str, str] = {}     # token -> sha256, bounded
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow):
+        """Synchronous when the snapshot knows the request's tokens (nearly always); else a
+        coroutine that reloads it once first (mitmproxy awaits it)."""
         if flow.response or flow.error or not flow.live:
-            return
+            return None
         meta = flow.metadata.get("metrion")
         if not meta or not meta.get("provider"):
-            return
+            return None
         try:
             provider = providers.get(meta["provider"])
             found = find_credentials(flow, provider.CREDENTIALS)
-            await self._know_tokens(found, meta.get("metrion_token"))
+            unseen = self._unseen_tokens(found, meta.get("metrion_token"))
+            if unseen:
+                return self._reload_then_authorise(flow, meta, provider, found, unseen)
+            self._authorise(flow, meta, provider, found)
+        except Exception as e:
+            fail_closed(flow, "Credentials", e)
+        return None
+
+    async def _reload_then_authorise(self, flow, meta, provider, found, unseen: list[str]) -> None:
+        try:
+            await self.store.refresh()
+            if len(self._unknown) > 10_000:
+                self._unknown.clear()
+            retry_at = time.monotonic() + UNKNOWN_TOKEN_TTL
+            for sha in unseen:
+                if sha not in self.store.directory.tokens:
+                    self._unknown[sha] = retry_at
             self._authorise(flow, meta, provider, found)
         except Exception as e:
             fail_closed(flow, "Credentials", e)
 
-    async def _know_tokens(self, found, claimed: str | None) -> None:
-        """Make sure the snapshot has seen the tokens of this request, reloading once if not."""
+    def _unseen_tokens(self, found, claimed: str | None) -> list[str]:
+        """Hashes of this request's tokens that the snapshot has not seen (and that were not
+        looked for in the last UNKNOWN_TOKEN_TTL)."""
         tokens = [v for _, v in found if v.startswith(TOKEN_PREFIX)] + ([claimed] if claimed else [])
-        now = time.monotonic()
-        missing = [h for h in map(hash_token, tokens)
-                   if h not in self.store.directory.tokens and self._unknown.get(h, 0.0) < now]
-        if not missing:
-            return
-        await self.store.refresh()
-        if len(self._unknown) > 10_000:
-            self._unknown.clear()
-        for sha in missing:
-            if sha not in self.store.directory.tokens:
-                self._unknown[sha] = now + UNKNOWN_TOKEN_TTL
+        if not tokens:
+            return []
+        known, unknown, now = self.store.directory.tokens, self._unknown, time.monotonic()
+        return [h for h in map(self._hash, tokens) if h not in known and unknown.get(h, 0.0) < now]
+
+    def _hash(self, token: str) -> str:
+        sha = self._hashes.get(token)
+        if sha is None:
+            if len(self._hashes) > 10_000:
+                self._hashes.clear()
+            sha = self._hashes[token] = hash_token(token)
+        return sha
 
     def _authorise(self, flow: http.HTTPFlow, meta: dict, provider, found) -> None:
         directory = self.store.directory
@@ -95,7 +116,7 @@ class Credentials:
                           "the request carries two different credentials; send exactly one")
         slot, credential = found[0]
         if credential.startswith(TOKEN_PREFIX):
-            token = directory.tokens.get(hash_token(credential))
+            token = directory.tokens.get(self._hash(credential))
             if token is None or token.revoked:
                 return refuse(flow, "invalid_token", "unknown or revoked Metrion token")
             meta.update(account_id=token.account_id, token_id=token.token_id, token_rpm=token.rpm,
@@ -120,7 +141,7 @@ class Credentials:
         meta["key_fingerprint"] = key_fp = fingerprint(directory.instance_secret, credential)
         claimed = meta.get("metrion_token")
         if claimed:
-            token = directory.tokens.get(hash_token(claimed))
+            token = directory.tokens.get(self._hash(claimed))
             if token is None or token.revoked:
                 return refuse(flow, "invalid_token", "unknown or revoked Metrion token in x-metrion-token")
             meta.update(account_id=token.account_id, token_id=token.token_id, token_rpm=token.rpm)

@@ -12,6 +12,7 @@
 - A client that goes away mid-stream leaves a row with `client_aborted` and the usage seen.
 """
 
+import asyncio
 import json
 import logging
 import re
@@ -56,6 +57,7 @@ def incremental_decoder(encoding: str):
     raise ValueError(f"unsupported content-encoding {encoding!r}")
 
 
+_FACT_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
 _EVENT_END = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
 
 
@@ -210,19 +212,22 @@ class Recorder:
         meta = flow.metadata.get("metrion")
         if not meta or not meta.get("provider") or flow.response is None:
             return
-        headers = flow.response.headers
-        encoding = headers.get("content-encoding", "")
-        if headers.get("content-type", "").startswith("text/event-stream"):
+        facts = {name.lower(): value for name, value in flow.response.headers.fields
+                 if name.lower() in _FACT_HEADERS}  # one pass instead of three lookups
+        encoding = facts.get(b"content-encoding", b"").decode("latin-1")
+        if facts.get(b"content-type", b"").startswith(b"text/event-stream"):
             reader = providers.get(meta["provider"]).stream_reader(flow.request.path)
             tap: SSETap | BodyTap = SSETap(reader, encoding, meta.get("hide_usage_event"))
-        elif headers.get("content-length", "").isdigit() and int(headers["content-length"]) <= MAX_BUFFERED:
+        elif facts.get(b"content-length", b"x").isdigit() and int(facts[b"content-length"]) <= MAX_BUFFERED:
             return  # buffered: read in the response hook
         else:
             tap = BodyTap(encoding)
         meta["tap"] = flow.response.stream = tap
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._record(flow)
+        # mitmproxy sends a buffered answer only after this hook returns: build the row just
+        # after, so it costs no client any latency.
+        asyncio.get_running_loop().call_soon(self._record, flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._record(flow)

@@ -130,7 +130,7 @@ async def _run(config: ServeConfig) -> int:
     settings["confdir"] = str(config_confdir(config))
     announce = Announce({v.rstrip("/").lower(): k for k, v in upstreams.items()})
     metrion = Metrion()
-    metrion.addons.append(announce)
+    metrion.add(announce)
     return await run_lean_master(settings, [metrion], config.set_specs, Drain(metrion.store))
 
 

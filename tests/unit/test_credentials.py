@@ -28,7 +28,9 @@ def setup(data_dir):
 
 def run(router, credentials, flow):
     router.request(flow)
-    asyncio.run(credentials.request(flow))
+    pending = credentials.request(flow)  # a coroutine only when it must reload first
+    if pending is not None:
+        asyncio.run(pending)
     return flow
 
 

@@ -56,3 +56,32 @@ def test_parse_upstreams_fills_defaults():
 def test_requester_is_escaped_and_bounded():
     assert clean_requester("a\x00b\nc") == "a\\x00b\\x0ac"
     assert len(clean_requester("x" * 10_000)) == 200
+
+
+def test_metrion_dispatches_its_children_in_order_and_awaits_a_coroutine():
+    import asyncio
+
+    from addons.metrion import Metrion
+
+    calls = []
+
+    class Sync:
+        def __init__(self, name):
+            self.name = name
+
+        def request(self, flow):
+            calls.append(self.name)
+
+    class Async:
+        def request(self, flow):
+            async def later():
+                calls.append("async")
+            return later()
+
+    metrion = Metrion()
+    metrion.children = [Sync("a"), Async(), Sync("b")]
+    metrion._prepare()
+    pending = metrion.request(None)
+    assert calls == ["a"]  # the rest waits for the coroutine
+    asyncio.run(pending)
+    assert calls == ["a", "async", "b"]
