@@ -136,11 +136,18 @@ class Gateway:
         """Rows reach SQLite through the writer's batches: wait for them, not a fixed time."""
         deadline = time.monotonic() + timeout
         while True:
-            rows = self.rows()
-            if len(rows) >= count or time.monotonic() > deadline:
-                assert len(rows) >= count, f"expected {count} rows, found {len(rows)}"
-                return rows
+            found = self.count_rows()
+            if found >= count or time.monotonic() > deadline:
+                assert found >= count, f"expected {count} rows, found {found}"
+                return self.rows()
             time.sleep(0.02)
+
+    def count_rows(self) -> int:
+        conn = sqlite3.connect(self.data_dir / "metrion.db")
+        try:
+            return conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+        finally:
+            conn.close()
 
     def kill(self) -> None:
         """SIGKILL: no flush, no goodbye; the row batch in flight may be lost."""
