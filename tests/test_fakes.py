@@ -434,7 +434,7 @@ from google.genai import errors as genai_errors  # noqa: E402
 from mistralai.client import Mistral  # noqa: E402
 from mistralai.client import errors as mistral_errors  # noqa: E402
 
-ANT_KEY = "sk-ant-test-0123456789abcdef"
+ANT_KEY = "sk-ant-fake-key-5678"
 GEM_KEY = "AIzaSyFake-0123456789abcdef"
 MIS_KEY = "sk-mistral-test-0123456789"
 XAI_KEY = "xai-test-0123456789abcdef"
