@@ -88,14 +88,12 @@ class Quota:
         meta["month"] = month
 
     def _rate_limit(self, meta: dict, account) -> tuple[object, int]:
-        token_rpm = meta.get("token_rpm")
-        for rpm in (token_rpm, account.rpm if account else None):
-            if rpm is not None:
-                break
-        else:
-            rpm = ctx.options.metrion_default_rpm
-        key = meta.get("token_id") or ("key", meta.get("key_fingerprint"))
-        return key, rpm
+        """The limiter's key (the token, else the key fingerprint) and its rpm: the token's,
+        else the account's, else the instance default."""
+        rpm = meta.get("token_rpm")
+        if rpm is None:
+            rpm = account.rpm if account and account.rpm is not None else ctx.options.metrion_default_rpm
+        return meta.get("token_id") or ("key", meta.get("key_fingerprint")), rpm
 
     def _start_month(self, month: str) -> None:
         # At start-up: the month so far, as the writer persisted it. At a rollover: zero.

@@ -13,7 +13,6 @@
 import json
 from collections.abc import Sequence
 import logging
-from typing import NamedTuple
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -24,11 +23,6 @@ from addons.refuse import refuse
 logger = logging.getLogger("metrion")
 
 MAX_REQUESTER_CHARS = 200
-
-
-class Route(NamedTuple):
-    provider: str
-    upstream: str
 
 
 def parse_upstreams(specs: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -78,7 +72,7 @@ class Router:
     def __init__(self, store=None) -> None:
         self.store = store
         self.by_upstream: dict[str, str] = index_upstreams([])
-        self._by_mode: dict[str, Route | None] = {}
+        self._by_mode: dict[str, str | None] = {}  # listener's mode spec -> provider
         self.fixed_headers = {name: dict(module.FIXED_REQUEST_HEADERS)
                               for name, module in providers.PROVIDERS.items()}
 
@@ -112,11 +106,12 @@ class Router:
                 raise exceptions.OptionsError(f"metrion_upstream: {e}") from None
             self._by_mode = {}
 
-    def route(self, flow: http.HTTPFlow) -> Route | None:
+    def route(self, flow: http.HTTPFlow) -> str | None:
+        """The provider this flow's listener serves, or None."""
         mode = flow.client_conn.proxy_mode
         if mode.full_spec not in self._by_mode:
-            provider = self.by_upstream.get(_normalise(mode.data)) if isinstance(mode, ReverseMode) else None
-            self._by_mode[mode.full_spec] = Route(provider, mode.data) if provider else None
+            self._by_mode[mode.full_spec] = (
+                self.by_upstream.get(_normalise(mode.data)) if isinstance(mode, ReverseMode) else None)
         return self._by_mode[mode.full_spec]
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -125,7 +120,7 @@ class Router:
         meta = flow.metadata["metrion"] = {}
         if self.store is not None:
             self.store.inflight[flow.id] = flow
-        route = self.route(flow)
+        provider = self.route(flow)
         headers = flow.request.headers
         ours = {name.lower() for name, _ in headers.fields if name[:10].lower() == b"x-metrion-"}
         if ours:
@@ -134,21 +129,21 @@ class Router:
             meta["metrion_token"] = headers.get("x-metrion-token")
             for name in ours:
                 del headers[name.decode("latin-1")]
-        if route is None:
+        if provider is None:
             meta["error"] = "no provider serves this listener"
             flow.response = http.Response.make(
                 404, json.dumps({"error": {"message": "Metrion: no provider is configured for this "
                                            "address; see `metrion serve --help`", "type": "not_found"}}),
                 {"content-type": "application/json"})
             return
-        meta["provider"] = route.provider
+        meta["provider"] = provider
         if self.store is not None and self.store.closing:
             return refuse(flow, "unavailable", "Metrion is shutting down; retry the request",
                           {"connection": "close"}, final=False)
-        for name, value in self.fixed_headers[route.provider].items():
+        for name, value in self.fixed_headers[provider].items():
             headers[name] = value
         if ctx.options.metrion_stream_usage:
-            self._ask_for_stream_usage(flow, meta, providers.get(route.provider))
+            self._ask_for_stream_usage(flow, meta, providers.get(provider))
 
     @staticmethod
     def _ask_for_stream_usage(flow: http.HTTPFlow, meta: dict, provider) -> None:

@@ -228,8 +228,6 @@ class Vault:
         self.keyring, self.current_version = {version: new_key}, version
         return version
 
-    def config_version(self) -> int:
-        return self.db.execute("SELECT value FROM vault_meta WHERE key = 'config_version'").fetchone()[0]
 
 
 def fingerprint(secret: bytes, key: str) -> str:

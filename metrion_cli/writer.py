@@ -35,6 +35,8 @@ _UPSERT_USAGE = (
     "output_tokens = output_tokens + excluded.output_tokens"
 )
 _STOP = object()
+_ACCOUNT, _FORWARDED, _INPUT, _OUTPUT = (
+    REQUEST_COLUMNS.index(c) for c in ("account_id", "forwarded", "input_tokens", "output_tokens"))
 
 
 class Writer:
@@ -111,15 +113,13 @@ class Writer:
     def _commit(self) -> bool:
         batch = self._pending
         usage: dict[tuple[int, str], list[int]] = {}
-        account_i, forwarded_i = REQUEST_COLUMNS.index("account_id"), REQUEST_COLUMNS.index("forwarded")
-        in_i, out_i = REQUEST_COLUMNS.index("input_tokens"), REQUEST_COLUMNS.index("output_tokens")
         for row in batch:
-            if row[account_i] is None:
+            if row[_ACCOUNT] is None:
                 continue
-            totals = usage.setdefault((row[account_i], row[-1]), [0, 0, 0])
-            totals[0] += 1 if row[forwarded_i] else 0
-            totals[1] += row[in_i] or 0
-            totals[2] += row[out_i] or 0
+            totals = usage.setdefault((row[_ACCOUNT], row[-1]), [0, 0, 0])
+            totals[0] += 1 if row[_FORWARDED] else 0
+            totals[1] += row[_INPUT] or 0
+            totals[2] += row[_OUTPUT] or 0
         conn = self._conn
         assert conn is not None
         try:
