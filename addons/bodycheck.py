@@ -9,7 +9,7 @@
 
 from mitmproxy import http
 
-from addons import providers
+from addons import headers, providers
 from addons.refuse import refuse
 
 
@@ -18,7 +18,7 @@ class BodyCheck:
         if flow.response or flow.error or not flow.live:
             return
         meta = flow.metadata.get("metrion")
-        if not meta or not meta.get("provider") or flow.request.headers.get("content-encoding"):
+        if not meta or not meta.get("provider") or headers.get(flow.request.headers, b"content-encoding"):
             return
         provider = providers.get(meta["provider"])
         problem = providers.request_problem(

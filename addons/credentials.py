@@ -15,6 +15,7 @@ import urllib.parse
 
 from mitmproxy import http
 
+from addons import headers as fast_headers
 from addons import providers
 from addons.refuse import fail_closed, refuse
 from addons.store import Store
@@ -26,7 +27,7 @@ def find_credentials(flow: http.HTTPFlow, slots) -> list[tuple[providers.Credent
     found = []
     for slot in slots:
         if slot.location == "header":
-            for value in flow.request.headers.get_all(slot.name):
+            for value in fast_headers.get_all(flow.request.headers, slot.header):
                 if slot.scheme and value[:len(slot.scheme)].lower() == slot.scheme.lower():
                     value = value[len(slot.scheme):]
                 found.append((slot, value.strip()))
@@ -37,7 +38,7 @@ def find_credentials(flow: http.HTTPFlow, slots) -> list[tuple[providers.Credent
 
 def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str) -> None:
     if slot.location == "header":
-        flow.request.headers[slot.name] = slot.scheme + key
+        fast_headers.replace(flow.request.headers, slot.header, slot.scheme + key)
     else:
         # Rewrite only our parameter: the rest of the query string goes on byte for byte.
         path, _, query = flow.request.path.partition("?")

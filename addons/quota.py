@@ -30,6 +30,8 @@ class Quota:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.month = ""
+        self.month_starts = self.month_ends = 0.0  # the current month, in epoch seconds
+        self.default_rpm = 100
         self.used: dict[int, int] = {}          # account -> forwarded requests this month
         self.recent: dict[object, collections.deque] = {}  # limiter key -> admission times
 
@@ -41,8 +43,10 @@ class Quota:
         )
 
     def configure(self, updated) -> None:
-        if "metrion_default_rpm" in updated and ctx.options.metrion_default_rpm < 0:
-            raise exceptions.OptionsError("metrion_default_rpm must be 0 (no limit) or more")
+        if "metrion_default_rpm" in updated:
+            if ctx.options.metrion_default_rpm < 0:
+                raise exceptions.OptionsError("metrion_default_rpm must be 0 (no limit) or more")
+            self.default_rpm = ctx.options.metrion_default_rpm
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -57,21 +61,20 @@ class Quota:
 
     def _admit(self, flow: http.HTTPFlow, meta: dict) -> None:
         now = self.store.now()
-        month = month_of(now)
-        if month != self.month:
-            self._start_month(month)
+        if not self.month_starts <= now < self.month_ends:
+            self._start_month(now)
         account_id = meta["account_id"]
         account = self.store.directory.accounts.get(account_id)
         used = self.used.get(account_id, 0)
         cap = account.monthly_cap if account else None
         if cap is not None and used >= cap:
-            resets = next_month_start(now)
+            resets = datetime.datetime.fromtimestamp(self.month_ends, datetime.timezone.utc)
             return refuse(
                 flow, "monthly_cap",
                 f"account {account.name!r} reached its monthly cap of {cap} requests "
                 f"(plan {account.plan}); it resets at {resets:%Y-%m-%dT%H:%M:%SZ}. To lift it: "
                 f"`metrion quota set {account.name} N` or `metrion accounts plan {account.name} pro`",
-                {"retry-after": str(math.ceil((resets - now).total_seconds()))})
+                {"retry-after": str(math.ceil(self.month_ends - now))})
         limiter_key, rpm = self._rate_limit(meta, account)
         if rpm:
             stamps = self.recent.setdefault(limiter_key, collections.deque())
@@ -85,18 +88,22 @@ class Quota:
                               f"retry in {wait} s", {"retry-after": str(wait)})
             stamps.append(clock)
         self.used[account_id] = used + 1
-        meta["month"] = month
+        meta["month"] = self.month
 
     def _rate_limit(self, meta: dict, account) -> tuple[object, int]:
         """The limiter's key (the token, else the key fingerprint) and its rpm: the token's,
         else the account's, else the instance default."""
         rpm = meta.get("token_rpm")
         if rpm is None:
-            rpm = account.rpm if account and account.rpm is not None else ctx.options.metrion_default_rpm
+            rpm = account.rpm if account and account.rpm is not None else self.default_rpm
         return meta.get("token_id") or ("key", meta.get("key_fingerprint")), rpm
 
-    def _start_month(self, month: str) -> None:
+    def _start_month(self, now: float) -> None:
         # At start-up: the month so far, as the writer persisted it. At a rollover: zero.
+        moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        month = month_of(moment)
+        self.month_starts = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+        self.month_ends = next_month_start(moment).timestamp()
         directory = self.store.directory
         self.used = dict(directory.requests_this_month) if directory.usage_month == month else {}
         self.month = month

@@ -21,7 +21,7 @@ import zlib
 
 from mitmproxy import http
 
-from addons import providers
+from addons import headers, providers
 from addons.providers import Usage, json_object
 from addons.sse import SSEParser
 from addons.store import Store
@@ -57,7 +57,11 @@ def incremental_decoder(encoding: str):
     raise ValueError(f"unsupported content-encoding {encoding!r}")
 
 
-_FACT_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
+# The response headers a row needs, per provider (with its request-id header), read in one pass.
+_FACT_HEADERS = {
+    name: frozenset({b"content-type", b"content-encoding", b"content-length"}
+                    | ({module.REQUEST_ID_HEADER.encode()} if module.REQUEST_ID_HEADER else set()))
+    for name, module in providers.PROVIDERS.items()}
 _EVENT_END = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
 
 
@@ -167,7 +171,7 @@ def read_body(provider, path: str, raw: bytes, encoding: str) -> tuple[str | Non
     """Model, usage and error message of a whole (possibly compressed) JSON body."""
     try:
         decode = incremental_decoder(encoding)
-        body = json.loads(decode(raw) if decode else raw)
+        body = providers.loads(decode(raw) if decode else raw)
     except (ValueError, zlib.error, RecursionError) as e:
         return None, Usage(note=f"not read: body is not JSON ({type(e).__name__})"), None
     model, usage = provider.read_json(path, body)
@@ -212,13 +216,12 @@ class Recorder:
         meta = flow.metadata.get("metrion")
         if not meta or not meta.get("provider") or flow.response is None:
             return
-        facts = {name.lower(): value for name, value in flow.response.headers.fields
-                 if name.lower() in _FACT_HEADERS}  # one pass instead of three lookups
-        encoding = facts.get(b"content-encoding", b"").decode("latin-1")
-        if facts.get(b"content-type", b"").startswith(b"text/event-stream"):
+        facts = meta["response_facts"] = headers.pick(flow.response.headers, _FACT_HEADERS[meta["provider"]])
+        encoding = facts.get(b"content-encoding", "")
+        if facts.get(b"content-type", "").startswith("text/event-stream"):
             reader = providers.get(meta["provider"]).stream_reader(flow.request.path)
             tap: SSETap | BodyTap = SSETap(reader, encoding, meta.get("hide_usage_event"))
-        elif facts.get(b"content-length", b"x").isdigit() and int(facts[b"content-length"]) <= MAX_BUFFERED:
+        elif facts.get(b"content-length", "x").isdigit() and int(facts[b"content-length"]) <= MAX_BUFFERED:
             return  # buffered: read in the response hook
         else:
             tap = BodyTap(encoding)
@@ -283,8 +286,12 @@ def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
     model: str | None = None
     usage = Usage()
     tap: SSETap | BodyTap | None = meta.get("tap")
-    if response is not None and provider.REQUEST_ID_HEADER:
-        row["upstream_request_id"] = response.headers.get(provider.REQUEST_ID_HEADER)
+    facts = {}
+    if response is not None:
+        # From the responseheaders hook; a response Metrion made itself did not pass there.
+        facts = meta.get("response_facts") or headers.pick(response.headers, _FACT_HEADERS[provider_name])
+        if provider.REQUEST_ID_HEADER:
+            row["upstream_request_id"] = facts.get(provider.REQUEST_ID_HEADER.encode())
     upstream_error = None
     if tap is not None:
         row["streamed"] = int(tap.streamed)
@@ -293,7 +300,7 @@ def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
     elif response is not None and response.raw_content is not None and not meta.get("refused"):
         row["response_bytes"] = len(response.raw_content)
         model, usage, upstream_error = read_body(
-            provider, flow.request.path, response.raw_content, response.headers.get("content-encoding", ""))
+            provider, flow.request.path, response.raw_content, facts.get(b"content-encoding", ""))
     if upstream_error and not row["error"] and (row["streamed"] or response.status_code >= 400):
         row["error"] = upstream_error
     if flow.error:

@@ -17,6 +17,7 @@ import logging
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from addons import headers as fast_headers
 from addons import providers
 from addons.refuse import refuse
 
@@ -73,8 +74,9 @@ class Router:
         self.store = store
         self.by_upstream: dict[str, str] = index_upstreams([])
         self._by_mode: dict[str, str | None] = {}  # listener's mode spec -> provider
-        self.fixed_headers = {name: dict(module.FIXED_REQUEST_HEADERS)
+        self.fixed_headers = {name: {k.encode(): v for k, v in module.FIXED_REQUEST_HEADERS.items()}
                               for name, module in providers.PROVIDERS.items()}
+        self.stream_usage = False
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -98,7 +100,9 @@ class Router:
 
     def configure(self, updated) -> None:
         if "metrion_anthropic_version" in updated:
-            self.fixed_headers["anthropic"]["anthropic-version"] = ctx.options.metrion_anthropic_version
+            self.fixed_headers["anthropic"][b"anthropic-version"] = ctx.options.metrion_anthropic_version
+        if "metrion_stream_usage" in updated:
+            self.stream_usage = ctx.options.metrion_stream_usage
         if "metrion_upstream" in updated:
             try:
                 self.by_upstream = index_upstreams(ctx.options.metrion_upstream)
@@ -124,11 +128,10 @@ class Router:
         headers = flow.request.headers
         ours = {name.lower() for name, _ in headers.fields if name[:10].lower() == b"x-metrion-"}
         if ours:
-            requester = headers.get("x-metrion-user")
+            requester = fast_headers.get(headers, b"x-metrion-user")
             meta["requester"] = clean_requester(requester) if requester else None
-            meta["metrion_token"] = headers.get("x-metrion-token")
-            for name in ours:
-                del headers[name.decode("latin-1")]
+            meta["metrion_token"] = fast_headers.get(headers, b"x-metrion-token") or None
+            fast_headers.remove(headers, ours)
         if provider is None:
             meta["error"] = "no provider serves this listener"
             flow.response = http.Response.make(
@@ -141,8 +144,8 @@ class Router:
             return refuse(flow, "unavailable", "Metrion is shutting down; retry the request",
                           {"connection": "close"}, final=False)
         for name, value in self.fixed_headers[provider].items():
-            headers[name] = value
-        if ctx.options.metrion_stream_usage:
+            fast_headers.replace(headers, name, value)
+        if self.stream_usage:
             self._ask_for_stream_usage(flow, meta, providers.get(provider))
 
     @staticmethod

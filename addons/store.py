@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import logging
 import os
+import time
 from collections.abc import Callable
 
 from mitmproxy import ctx, exceptions
@@ -28,10 +29,6 @@ logger = logging.getLogger("metrion")
 RELOAD_INTERVAL = 0.25
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
 def log_key_errors(directory: directorymod.Directory) -> None:
     for stored in directory.keys.values():
         if stored.error:
@@ -41,8 +38,8 @@ def log_key_errors(directory: directorymod.Directory) -> None:
 
 
 class Store:
-    def __init__(self, clock: Callable[[], datetime.datetime] = utc_now) -> None:
-        self.now = clock  # injectable, so tests can cross a month boundary
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.now = clock  # epoch seconds; injectable, so tests can cross a month boundary
         self.paths: Paths | None = None
         self.vault: Vault | None = None
         self.directory = directorymod.Directory()
@@ -77,7 +74,8 @@ class Store:
         paths = resolve(ctx.options.metrion_data_dir)
         try:
             vault = Vault.open(paths)
-            directory = directorymod.load(paths, vault, usage_month=month_of(self.now()))
+            directory = directorymod.load(paths, vault, usage_month=month_of(
+                datetime.datetime.fromtimestamp(self.now(), datetime.timezone.utc)))
         except (dbmod.NotInitialised, MasterKeyError) as e:
             raise exceptions.OptionsError(f"metrion_data_dir={paths.data_dir}: {e}") from None
         self._close_writer()

@@ -6,6 +6,7 @@ the one module of metrion_cli that imports `addons`, and it does so inside `run(
 """
 
 import asyncio
+import gc
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -64,6 +65,19 @@ class Announce:
         print("metrion: ready", flush=True)
 
 
+class FreezeStartupObjects:
+    """Once the proxy runs, moves every object made so far out of the garbage collector's sight.
+
+    mitmproxy leaves reference cycles behind every request, so full collections come every few
+    thousand requests, and each one walked all ~90,000 objects of the loaded modules and options:
+    measured, a tenth of a millisecond per request. Objects made at start-up live as long as the
+    process; frozen, they are no longer walked (gc.freeze, meant for this)."""
+
+    def running(self) -> None:
+        gc.collect()
+        gc.freeze()
+
+
 # On SIGTERM, how long requests in flight may take to finish before Metrion stops anyway.
 DRAIN_SECONDS = 10.0
 
@@ -82,7 +96,7 @@ async def run_lean_master(settings: dict, extra_addons: list, set_specs: list[st
     proxy = master.Master(opts, with_termlog=True)
     proxy.addons.add(
         core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-        errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *extra_addons,
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *extra_addons, FreezeStartupObjects(),
     )
     try:
         opts.update(**settings)

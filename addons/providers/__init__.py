@@ -10,6 +10,27 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
+
+def loads(data: bytes | str) -> Any:
+    """JSON from bytes: orjson (several times faster than the stdlib on the small bodies of
+    every request), and the stdlib for what orjson refuses but Python's json accepts (integers
+    past 64 bits, lone surrogate escapes, UTF-16 bodies), so nothing the stdlib would read is
+    called invalid. Raises ValueError (or RecursionError) for what is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text; the stdlib for what orjson cannot encode (integers past 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"))
+
 
 class CredentialSlot(NamedTuple):
     """Where a client may put its key: a header (with an optional scheme) or a query parameter."""
@@ -17,6 +38,10 @@ class CredentialSlot(NamedTuple):
     location: str  # "header" | "query"
     name: str      # lower-case header name, or query parameter name
     scheme: str = ""  # e.g. "Bearer " for Authorization
+
+    @property
+    def header(self) -> bytes:
+        return self.name.encode()
 
 
 @dataclass
@@ -37,7 +62,7 @@ class Usage:
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
             "cached_tokens": self.cached_tokens, "cache_write_tokens": self.cache_write_tokens,
             "reasoning_tokens": self.reasoning_tokens, "total_tokens": self.total_tokens,
-            "usage_raw": json.dumps(self.raw, separators=(",", ":")) if self.raw is not None else None,
+            "usage_raw": dumps(self.raw) if self.raw is not None else None,
             "usage_note": self.note,
         }
 
@@ -121,7 +146,7 @@ def request_problem(required: dict[str, tuple[str, ...]], method: str, path: str
         missing = [f for f in fields if f'"{f}"'.encode() not in body]
     else:
         try:
-            value = json.loads(body)
+            value = loads(body)
         except (ValueError, RecursionError):
             return "the request body is not valid JSON"
         if not isinstance(value, dict):
@@ -135,7 +160,7 @@ def request_problem(required: dict[str, tuple[str, ...]], method: str, path: str
 def json_object(data: bytes) -> dict | None:
     """A JSON object from bytes, or None for anything else; never raises."""
     try:
-        value = json.loads(data)
+        value = loads(data)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

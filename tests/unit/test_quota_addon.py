@@ -21,7 +21,7 @@ class Clock:
         self.moment = moment
 
     def __call__(self):
-        return self.moment
+        return self.moment.timestamp()
 
 
 @pytest.fixture
