@@ -72,7 +72,8 @@ class SSETap:
     back an unfinished one, and drops the events `hide_event` names.
     """
 
-    __slots__ = ("reader", "parser", "decode", "bytes", "broken", "hide_event", "held", "last_chunk_at")
+    __slots__ = ("reader", "parser", "decode", "bytes", "broken", "hide_event", "held", "last_chunk_at",
+                 "needs")
     streamed = True
 
     def __init__(self, reader: providers.StreamReader, encoding: str, hide_event=None) -> None:
@@ -87,13 +88,16 @@ class SSETap:
             self.decode = incremental_decoder(encoding)
         except ValueError as e:
             self.decode, self.broken = None, str(e)
+        # Whole events the reader says it does not need are not parsed (most chunks of a stream).
+        self.needs = getattr(reader, "needs", None) if self.decode is None and self.hide_event is None else None
 
     def __call__(self, chunk: bytes):
         self.last_chunk_at = time.time()
         if self.hide_event is not None:
             return self._filter(chunk)
         self.bytes += len(chunk)
-        if chunk:
+        if chunk and not (self.needs is not None and chunk[-2:] == b"\n\n" and self.parser.idle()
+                          and not self.needs(chunk)):
             self._read(chunk)
         return chunk
 

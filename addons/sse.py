@@ -29,6 +29,11 @@ class SSEParser:
         self._overflow = False
         self.dropped = 0          # events dropped for exceeding MAX_EVENT_BYTES
 
+    def idle(self) -> bool:
+        """Between two events: nothing of an unfinished line or event is held."""
+        return not (self._tail or self._data or self._skip_lf or self._discard_line
+                    or self._event is not None or self._overflow)
+
     def feed(self, chunk: bytes) -> list[Event]:
         if self._skip_lf:
             self._skip_lf = False

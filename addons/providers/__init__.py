@@ -76,6 +76,9 @@ class StreamReader(Protocol):
 
     def usage(self) -> Usage: ...
 
+    # Optional: `needs(events: bytes) -> bool`, False when whole raw events cannot change what
+    # the reader read (the tap then skips parsing them). Without it every event is parsed.
+
 
 class Provider(Protocol):
     NAME: str

@@ -99,6 +99,10 @@ class StreamReader:
             merged.update({k: v for k, v in usage.items() if v is not None})
             self._usage = merged
 
+    def needs(self, events: bytes) -> bool:
+        """Only these three events are read; content_block_* events, most of a stream, are not."""
+        return b"message_start" in events or b"message_delta" in events or b"error" in events
+
     def usage(self) -> Usage:
         if self._usage is None:
             return Usage(note="not reported: the stream ended before message_start")

@@ -81,10 +81,11 @@ def read_json(path: str, body) -> tuple[str | None, Usage]:
 def _mentions_usage(data: bytes) -> bool:
     """True when `"usage"` is followed by an object: skips json.loads for the `"usage":null` chunks."""
     at = data.find(b'"usage"')
-    if at < 0:
-        return False
-    rest = data[at + 7: at + 12].lstrip(b": \t")
-    return rest[:1] == b"{"
+    while at >= 0:
+        if data[at + 7: at + 12].lstrip(b": \t")[:1] == b"{":
+            return True
+        at = data.find(b'"usage"', at + 7)
+    return False
 
 
 # Responses API events that carry the whole response object (with model and usage).
@@ -150,6 +151,12 @@ class StreamReader:
         if obj is not None:
             self._take(obj)
             self._take_error(obj)
+
+    def needs(self, events: bytes) -> bool:
+        """Could these whole events change what was read? Most chunks of a stream are content
+        deltas, which carry neither model (once known), a usage object nor an error: they go
+        unparsed. Inside a JSON string a quote is escaped, so `"usage"` there cannot match."""
+        return self.model is None or _mentions_usage(events) or b'"error"' in events
 
     def _take(self, obj: dict) -> None:
         if self.model is None and isinstance(obj.get("model"), str):

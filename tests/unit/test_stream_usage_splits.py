@@ -1,6 +1,8 @@
 """Whatever the chunking, and whatever garbage a stream carries, the taps pass every byte on
 unchanged, never raise, and read the same usage."""
 
+import re
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -56,3 +58,18 @@ def test_garbage_passes_unchanged_and_never_raises(provider, garbage):
     path, _ = STREAMS[provider]
     out, usage, _ = tap_through(provider, path, garbage)
     assert out == b"".join(garbage)
+
+
+@pytest.mark.parametrize("provider", list(STREAMS))
+def test_skipping_unneeded_events_reads_what_parsing_every_event_reads(provider):
+    # One chunk per event is how streams usually arrive, and the one case where the tap skips
+    # the events its reader says it does not need; byte by byte, nothing is ever skipped.
+    path, body = STREAMS[provider]
+    events = re.findall(rb".*?(?:\r\n\r\n|\n\n)", body, re.S)
+    assert b"".join(events) == body and len(events) >= 3
+    by_event = SSETap(providers.get(provider).stream_reader(path), "")
+    by_byte = SSETap(providers.get(provider).stream_reader(path), "")
+    assert b"".join(by_event(e) for e in events) == b"".join(by_byte(body[i:i + 1]) for i in range(len(body)))
+    read_by_event = by_event.result(providers.get(provider), path)
+    assert read_by_event == by_byte.result(providers.get(provider), path)
+    assert read_by_event[0] and read_by_event[1].input_tokens is not None
