@@ -93,10 +93,13 @@ class Credentials:
     def _unseen_tokens(self, found, claimed: str | None) -> list[str]:
         """Hashes of this request's tokens that the snapshot has not seen (and that were not
         looked for in the last UNKNOWN_TOKEN_TTL)."""
+        known = self.store.directory.tokens
+        if len(found) == 1 and not claimed and self._hashes.get(found[0][1]) in known:
+            return []  # the common case: one token, seen before
         tokens = [v for _, v in found if v.startswith(TOKEN_PREFIX)] + ([claimed] if claimed else [])
         if not tokens:
             return []
-        known, unknown, now = self.store.directory.tokens, self._unknown, time.monotonic()
+        unknown, now = self._unknown, time.monotonic()
         return [h for h in map(self._hash, tokens) if h not in known and unknown.get(h, 0.0) < now]
 
     def _hash(self, token: str) -> str:

@@ -131,6 +131,20 @@ def dig(obj: Any, *keys: str) -> Any:
 MAX_PARSED_BODY = 2 * 1024 * 1024
 
 
+_fields_by_route: dict[tuple[int, str], tuple[str, ...] | None] = {}
+
+
+def _required_fields(required: dict[str, tuple[str, ...]], route: str) -> tuple[str, ...] | None:
+    """The fields every request to `route` needs (looked up once per route: clients call the
+    same few endpoints over and over)."""
+    key = (id(required), route)
+    if key not in _fields_by_route:
+        if len(_fields_by_route) > 10_000:  # routes with ids in them: bounded
+            _fields_by_route.clear()
+        _fields_by_route[key] = next((f for suffix, f in required.items() if route.endswith(suffix)), None)
+    return _fields_by_route[key]
+
+
 def request_problem(required: dict[str, tuple[str, ...]], method: str, path: str, body: bytes) -> str | None:
     """Why a request cannot be valid for its endpoint (a message for a 400), or None.
 
@@ -139,8 +153,7 @@ def request_problem(required: dict[str, tuple[str, ...]], method: str, path: str
     """
     if method != "POST":
         return None
-    route = path.split("?", 1)[0]
-    fields = next((f for suffix, f in required.items() if route.endswith(suffix)), None)
+    fields = _required_fields(required, path.split("?", 1)[0])
     if fields is None:
         return None
     if len(body) > MAX_PARSED_BODY:
