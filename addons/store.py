@@ -73,6 +73,7 @@ class Store:
             return
         paths = resolve(ctx.options.metrion_data_dir)
         try:
+            dbmod.upgrade(paths)
             vault = Vault.open(paths)
             directory = directorymod.load(paths, vault, usage_month=month_of(
                 datetime.datetime.fromtimestamp(self.now(), datetime.timezone.utc)))

@@ -36,7 +36,8 @@ def cli(ctx, data_dir):
     ctx.obj = resolve(data_dir)
 
 
-from .commands import accounts, demo, init, integrate, keys, quota, serve, tokens, vault  # noqa: E402
+from .commands import (  # noqa: E402
+    accounts, demo, export, init, integrate, keys, quota, serve, tokens, ui, vault)
 
-for module in (init, accounts, tokens, keys, quota, vault, serve, demo, integrate):
+for module in (init, accounts, tokens, keys, quota, vault, serve, demo, integrate, ui, export):
     module.register(cli)

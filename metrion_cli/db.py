@@ -64,6 +64,16 @@ def open_metrion(paths: Paths) -> Database:
     return Database(connect(paths.metrion_db))
 
 
+def upgrade(paths: Paths) -> None:
+    """Apply pending migrations of an existing metrion.db (a newer Metrion on an older data
+    directory): the writer and the dashboard rely on the latest tables."""
+    db = open_metrion(paths)
+    try:
+        migrations.metrion.apply(db)
+    finally:
+        db.conn.close()
+
+
 def open_vault(paths: Paths) -> Database:
     _require(paths.vault_db)
     return Database(connect(paths.vault_db))

@@ -171,3 +171,39 @@ def m002_account_limits(db: Database) -> None:
         ALTER TABLE accounts ADD COLUMN rpm INTEGER;
         """
     )
+
+
+@metrion()
+def m003_dashboard(db: Database) -> None:
+    from .latency import bucket_of, upper_ms
+
+    db.executescript(
+        """
+        -- The Logs page's facets count through these (a scan of a small index, ~40 ms on a
+        -- million rows, instead of the table, ~150 ms each); each costs the writer ~1.3 µs a row.
+        CREATE INDEX requests_provider ON requests(provider);
+        CREATE INDEX requests_model ON requests(model);
+        CREATE INDEX requests_status ON requests(status);
+        CREATE INDEX requests_requester ON requests(requester);
+
+        -- Forwarded requests counted by latency bucket (metrion_cli/latency.py): the dashboard's
+        -- percentiles come from here, not from sorting the log. le_ms is the bucket's upper edge.
+        CREATE TABLE latency_histogram (
+            day TEXT NOT NULL,            -- YYYY-MM-DD, UTC, of the request's arrival
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,          -- '' when unknown
+            le_ms REAL NOT NULL,
+            requests INTEGER NOT NULL,
+            PRIMARY KEY (day, provider, model, le_ms)
+        );
+        """
+    )
+    db.register_function(lambda ms: upper_ms(bucket_of(ms)), name="metrion_le_ms", deterministic=True)
+    db.execute(
+        """
+        INSERT INTO latency_histogram (day, provider, model, le_ms, requests)
+        SELECT substr(ts, 1, 10), provider, coalesce(model, ''), metrion_le_ms(latency_ms), count(*)
+        FROM requests WHERE forwarded = 1 AND latency_ms IS NOT NULL AND provider IS NOT NULL
+        GROUP BY 1, 2, 3, 4
+        """
+    )

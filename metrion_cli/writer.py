@@ -2,9 +2,11 @@
 
 The proxy's hooks call `put()` (a non-blocking append) and never wait on SQLite. The thread
 commits every `interval` seconds or `batch_size` rows, whichever comes first, and `close()`
-flushes what is queued. `put()` does not wake the thread for each row: at a thousand rows a
-second, a wake-up per row (a blocking queue) cost the proxy more CPU than writing the rows. When the database is locked or the disk is full, rows wait in memory
-up to `max_queued`; beyond that new rows are counted as dropped and logged, never silently lost.
+flushes what is queued. The same transaction keeps `usage_monthly` and `latency_histogram`.
+`put()` does not wake the thread for each row: at a thousand rows a second, a wake-up per row
+(a blocking queue) cost the proxy more CPU than writing the rows. When the database is locked
+or the disk is full, rows wait in memory up to `max_queued`; beyond that new rows are counted as
+dropped and logged, never silently lost.
 """
 
 import collections
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from .db import connect
+from .latency import bucket_of, upper_ms
 
 logger = logging.getLogger("metrion.writer")
 
@@ -35,8 +38,13 @@ _UPSERT_USAGE = (
     "requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens, "
     "output_tokens = output_tokens + excluded.output_tokens"
 )
-_ACCOUNT, _FORWARDED, _INPUT, _OUTPUT = (
-    REQUEST_COLUMNS.index(c) for c in ("account_id", "forwarded", "input_tokens", "output_tokens"))
+_UPSERT_LATENCY = (
+    "INSERT INTO latency_histogram (day, provider, model, le_ms, requests) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (day, provider, model, le_ms) DO UPDATE SET requests = requests + excluded.requests"
+)
+_TS, _ACCOUNT, _PROVIDER, _MODEL, _FORWARDED, _INPUT, _OUTPUT, _LATENCY = (
+    REQUEST_COLUMNS.index(c) for c in ("ts", "account_id", "provider", "model", "forwarded",
+                                       "input_tokens", "output_tokens", "latency_ms"))
 
 
 class Writer:
@@ -109,7 +117,10 @@ class Writer:
     def _commit(self) -> bool:
         batch = self._pending
         usage: dict[tuple[int, str], list[int]] = {}
+        latency: collections.Counter[tuple[str, str, str, float]] = collections.Counter()
         for row in batch:
+            if row[_FORWARDED] and row[_LATENCY] is not None and row[_PROVIDER]:
+                latency[(row[_TS][:10], row[_PROVIDER], row[_MODEL] or "", upper_ms(bucket_of(row[_LATENCY])))] += 1
             if row[_ACCOUNT] is None:
                 continue
             totals = usage.setdefault((row[_ACCOUNT], row[-1]), [0, 0, 0])
@@ -122,6 +133,7 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_INSERT, [row[:-1] for row in batch])
             conn.executemany(_UPSERT_USAGE, [(a, m, *t) for (a, m), t in usage.items()])
+            conn.executemany(_UPSERT_LATENCY, [(*key, n) for key, n in latency.items()])
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:

@@ -1,0 +1,160 @@
+"""The dashboard (Datasette over metrion.db) and `metrion export`.
+
+In process: Datasette built exactly as `metrion ui` builds it, queried with `ds.client` over a
+database the real writer filled. End to end: traffic through a real `metrion serve`, then a real
+`metrion ui` on a free port and `metrion export`, checked as a user would.
+"""
+
+import asyncio
+import datetime
+import json
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from metrion_cli import accounts, db as dbmod, export as exportmod
+from metrion_cli.dashboard import build
+from metrion_cli.paths import resolve
+from metrion_cli.writer import Writer
+
+from conftest import VENV_BIN, Gateway, free_port
+
+TODAY = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def row(latency_ms: float, **fields) -> dict:
+    base = {"ts": f"{TODAY}T10:00:00.000Z", "account_id": 1, "provider": "openai", "method": "POST",
+            "endpoint": "/v1/chat/completions", "model": "gpt-4o-mini", "status": 200, "streamed": 0,
+            "forwarded": 1, "input_tokens": 10, "output_tokens": 5, "latency_ms": latency_ms,
+            "requester": "alice", "mode": "stored", "client_aborted": 0}
+    return {**base, **fields}
+
+
+@pytest.fixture
+def filled(data_dir):
+    """metrion.db with account `acme` (free plan) and 100 OpenAI requests of 1..100 ms, plus 3
+    Anthropic ones from bob, written by the real Writer."""
+    paths = resolve(data_dir)
+    dbmod.initialise(paths)
+    db = dbmod.open_metrion(paths)
+    accounts.add(db, "acme")
+    writer = Writer(paths.metrion_db).start()
+    for ms in range(1, 101):
+        writer.put(row(float(ms)))
+    for _ in range(3):
+        writer.put(row(2000.0, provider="anthropic", model="claude-sonnet-4", requester="bob", status=529))
+    writer.close()
+    return paths
+
+
+async def get_json(ds, path: str, **kwargs):
+    response = await ds.client.get(path, **kwargs)
+    assert response.status_code == 200, response.text[:500]
+    return response.json()
+
+
+def test_latency_percentiles_come_from_the_histogram(filled):
+    asyncio.run(_test_latency_percentiles_come_from_the_histogram(build(filled.metrion_db)))
+
+
+async def _test_latency_percentiles_come_from_the_histogram(ds):
+    rows = await get_json(ds, "/metrion/latency.json?_shape=array")
+    by_provider = {r["provider"]: r for r in rows}
+    openai_row = by_provider["openai"]
+    assert openai_row["day"] == TODAY and openai_row["requests"] == 100
+    # Each percentile is its bucket's upper edge: never below the exact value, at most 12% above.
+    for name, exact in (("p50_ms", 50), ("p95_ms", 95), ("p99_ms", 99)):
+        assert exact <= openai_row[name] <= exact * 1.12, (name, openai_row[name])
+    assert 2000 <= by_provider["anthropic"]["p99_ms"] <= 2240
+
+
+def test_logs_are_newest_first_with_facets(filled):
+    asyncio.run(_test_logs_are_newest_first_with_facets(build(filled.metrion_db)))
+
+
+async def _test_logs_are_newest_first_with_facets(ds):
+    page = await get_json(ds, "/metrion/requests.json?_shape=objects")
+    assert page["filtered_table_rows_count"] == 103
+    facets = page["facet_results"]
+    assert set(facets) == {"requester", "provider", "model", "status"}
+    counts = {f["value"]: f["count"] for f in facets["requester"]["results"]}
+    assert counts == {"alice": 100, "bob": 3}
+    assert {f["value"]: f["count"] for f in facets["status"]["results"]} == {200: 100, 529: 3}
+    html = (await ds.client.get("/metrion/requests")).text
+    assert "Logs" in html and "bob" in html
+
+
+def test_usage_shows_the_month_against_the_cap(filled):
+    asyncio.run(_test_usage_shows_the_month_against_the_cap(build(filled.metrion_db)))
+
+
+async def _test_usage_shows_the_month_against_the_cap(ds):
+    [acme] = [r for r in await get_json(ds, "/metrion/usage.json?_shape=array") if r["account"] == "acme"]
+    assert acme["requests_this_month"] == 103 and acme["monthly_cap"] == 10_000
+    assert acme["input_tokens"] == 1030 and acme["output_tokens"] == 515
+
+
+def test_only_the_operator_runs_sql_and_the_vault_is_never_opened(filled):
+    asyncio.run(_test_only_the_operator_runs_sql_and_the_vault_is_never_opened(build(filled.metrion_db)))
+
+
+async def _test_only_the_operator_runs_sql_and_the_vault_is_never_opened(ds):
+    assert [d["name"] for d in (await get_json(ds, "/-/databases.json"))] == ["metrion"]
+    anonymous = await ds.client.get("/metrion.json?sql=select+count(*)+from+requests")
+    assert anonymous.status_code == 403
+    root = {"ds_actor": ds.sign({"a": {"id": "root"}}, "actor")}
+    allowed = await ds.client.get("/metrion.json?sql=select+count(*)+from+requests&_shape=array", cookies=root)
+    assert allowed.status_code == 200 and allowed.json() == [{"count(*)": 103}]
+
+
+def test_upgrade_fills_the_histogram_from_an_older_log(data_dir):
+    paths = resolve(data_dir)
+    dbmod.initialise(paths)
+    db = dbmod.open_metrion(paths)
+    db.execute("DROP TABLE latency_histogram")
+    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_dashboard'")
+    for index in ("provider", "model", "status", "requester"):
+        db.execute(f"DROP INDEX requests_{index}")
+    db["requests"].insert_all([row(5.0), row(7.0), row(7.0, forwarded=0)])
+    dbmod.upgrade(paths)
+    histogram = list(db.query("SELECT le_ms, requests FROM latency_histogram ORDER BY le_ms"))
+    assert histogram == [{"le_ms": 5.012, "requests": 1}, {"le_ms": 7.079, "requests": 1}]
+
+
+def test_ui_and_export_end_to_end(acme, fake_openai, start_gateway, data_dir, secrets_used, run_cli, tmp_path):
+    gateway = start_gateway({"openai": fake_openai.url})
+    client = openai.OpenAI(api_key=acme.token, base_url=gateway.url() + "/v1", max_retries=0)
+    for user in ("alice@example.com", "alice@example.com", "bob@example.com"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers={"x-metrion-user": user})
+    gateway.wait_rows(3)
+    gateway.stop()
+
+    port = free_port()
+    ui = Gateway([str(VENV_BIN / "metrion"), "ui", "--port", str(port)],
+                 data_dir, secrets_used, {})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        logs = httpx.get(base + "/metrion/requests", timeout=10)
+        assert logs.status_code == 200 and "bob@example.com" in logs.text
+        [latency] = httpx.get(base + "/metrion/latency.json?_shape=array", timeout=10).json()
+        assert latency["provider"] == "openai" and latency["requests"] == 3 and latency["p50_ms"] > 0
+        assert "operator login" in "".join(ui.output)
+    finally:
+        assert ui.stop() == 0
+
+    out = tmp_path / "acme.json"
+    run_cli("export", "acme", "-o", str(out))
+    exported = json.loads(out.read_text())
+    assert exported["account"]["name"] == "acme" and exported["account"]["monthly_cap"] == 10_000
+    assert [r["requester"] for r in exported["requests"]] == ["alice@example.com", "alice@example.com", "bob@example.com"]
+    assert exported["usage"][0]["requests"] == 3
+    assert exported["tokens"][0]["prefix"] and acme.token.startswith(exported["tokens"][0]["prefix"])
+    text = out.read_text()
+    assert all(secret not in text for secret in secrets_used)
+
+
+def test_export_of_an_unknown_account_is_one_clear_line(acme, run_cli):
+    result = run_cli("export", "nobody", ok=False)
+    assert result.exit_code == 1 and "nobody" in result.output and "Traceback" not in result.output
