@@ -67,6 +67,8 @@ async def _test_latency_percentiles_come_from_the_histogram(ds):
     for name, exact in (("p50_ms", 50), ("p95_ms", 95), ("p99_ms", 99)):
         assert exact <= openai_row[name] <= exact * 1.12, (name, openai_row[name])
     assert 2000 <= by_provider["anthropic"]["p99_ms"] <= 2240
+    # ?days= reaches back further; the rows are today's, so any window holds them.
+    assert len(await get_json(ds, "/metrion/latency.json?_shape=array&days=30")) == 2
 
 
 def test_logs_are_newest_first_with_facets(filled):
@@ -83,6 +85,10 @@ async def _test_logs_are_newest_first_with_facets(ds):
     assert {f["value"]: f["count"] for f in facets["status"]["results"]} == {200: 100, 529: 3}
     html = (await ds.client.get("/metrion/requests")).text
     assert "Logs" in html and "bob" in html
+    filtered = await get_json(ds, "/metrion/requests.json?_shape=objects&provider=anthropic&status__gte=400")
+    assert filtered["filtered_table_rows_count"] == 3
+    csv = (await ds.client.get("/metrion/requests.csv?_stream=on&_size=max")).text.splitlines()
+    assert csv[0].startswith("id,ts,") and len(csv) == 1 + 103
 
 
 def test_usage_shows_the_month_against_the_cap(filled):
