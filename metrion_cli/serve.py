@@ -69,9 +69,10 @@ class FreezeStartupObjects:
     """Once the proxy runs, moves every object made so far out of the garbage collector's sight.
 
     mitmproxy leaves reference cycles behind every request, so full collections come every few
-    thousand requests, and each one walked all ~90,000 objects of the loaded modules and options:
-    measured, a tenth of a millisecond per request. Objects made at start-up live as long as the
-    process; frozen, they are no longer walked (gc.freeze, meant for this)."""
+    thousand requests, and each one walked all ~90,000 objects of the loaded modules and options.
+    Measured under load: ~50 ms per full collection (a stall every request in flight waits out),
+    ~25 µs per request on average; frozen, ~2.5 ms. Objects made at start-up live as long as the
+    process, so nothing is lost by no longer walking them (gc.freeze, meant for this)."""
 
     def running(self) -> None:
         gc.collect()
