@@ -112,6 +112,9 @@ async def _test_only_the_operator_runs_sql_and_the_vault_is_never_opened(ds):
     root = {"ds_actor": ds.sign({"a": {"id": "root"}}, "actor")}
     allowed = await ds.client.get("/metrion.json?sql=select+count(*)+from+requests&_shape=array", cookies=root)
     assert allowed.status_code == 200 and allowed.json() == [{"count(*)": 103}]
+    for table in ("tokens", "registered_keys"):
+        assert (await ds.client.get(f"/metrion/{table}")).status_code == 403
+        assert (await ds.client.get(f"/metrion/{table}", cookies=root)).status_code == 200
 
 
 def test_upgrade_fills_the_histogram_from_an_older_log(data_dir):

@@ -51,6 +51,10 @@ def metadata(database: str = "metrion") -> dict:
         "databases": {
             database: {
                 "tables": {
+                    # Token hashes and key fingerprints are not secrets, but nobody browsing needs
+                    # them: the operator's only, like SQL.
+                    "tokens": {"allow": {"id": "root"}},
+                    "registered_keys": {"allow": {"id": "root"}},
                     "requests": {
                         "title": "Logs",
                         "sort_desc": "ts",
