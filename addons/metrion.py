@@ -29,8 +29,8 @@ class Metrion:
     next child runs. Each child catches its own errors: one raising would skip the later ones.
     """
 
-    def __init__(self) -> None:
-        self.store = Store()
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.store = Store(data_dir=data_dir)
         self.children = [Router(self.store), Credentials(self.store), BodyCheck(),
                          Quota(self.store), UpstreamErrors(self.store), Recorder(self.store),
                          self.store]

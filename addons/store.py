@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -38,8 +39,12 @@ def log_key_errors(directory: directorymod.Directory) -> None:
 
 
 class Store:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, data_dir: str | None = None) -> None:
         self.now = clock  # epoch seconds; injectable, so tests can cross a month boundary
+        # The option's default. mitmproxy answers a failed option update by configuring the
+        # previous values again: with `metrion serve`'s own directory as the default, an error
+        # (wrong master key, say) is reported for that directory, not for ./data.
+        self.default_data_dir = data_dir or os.environ.get("METRION_DATA_DIR", "data")
         self.paths: Paths | None = None
         self.vault: Vault | None = None
         self.directory = directorymod.Directory()
@@ -54,7 +59,7 @@ class Store:
 
     def load(self, loader) -> None:
         loader.add_option(
-            "metrion_data_dir", str, os.environ.get("METRION_DATA_DIR", "data"),
+            "metrion_data_dir", str, self.default_data_dir,
             "Metrion's data directory (metrion.db, vault.db), created by `metrion init`.",
         )
         loader.add_option(
@@ -79,6 +84,9 @@ class Store:
                 datetime.datetime.fromtimestamp(self.now(), datetime.timezone.utc)))
         except (dbmod.NotInitialised, MasterKeyError) as e:
             raise exceptions.OptionsError(f"metrion_data_dir={paths.data_dir}: {e}") from None
+        except sqlite3.Error as e:  # e.g. a migration that cannot apply, a locked or damaged file
+            raise exceptions.OptionsError(
+                f"metrion_data_dir={paths.data_dir}: cannot open or upgrade the databases: {e}") from None
         self._close_writer()
         self._version_conn = None
         self.paths, self.vault, self.directory = paths, vault, directory

@@ -144,7 +144,7 @@ async def _run(config: ServeConfig) -> int:
     settings = proxy_options(config, list(providers.PROVIDERS), upstreams)
     settings["confdir"] = str(config_confdir(config))
     announce = Announce({v.rstrip("/").lower(): k for k, v in upstreams.items()})
-    metrion = Metrion()
+    metrion = Metrion(data_dir=config.data_dir)
     metrion.add(announce)
     return await run_lean_master(settings, [metrion], config.set_specs, Drain(metrion.store))
 

@@ -108,3 +108,19 @@ def test_wrong_master_key_stops_serve_with_one_line(run_cli, monkeypatch):
                              capture_output=True, text=True, timeout=30)
     assert listing.returncode == 1 and listing.stderr.count("\n") == 1
     assert "does not match" in listing.stderr
+
+
+def test_serve_reports_errors_for_its_own_data_dir(run_cli, data_dir, tmp_path):
+    # --data-dir, not METRION_DATA_DIR: the error must name that directory and its cause, not
+    # the default ./data that mitmproxy falls back to when an option update fails.
+    run_cli("init")
+    from metrion_cli.vault import format_key
+    env = dict(os.environ, METRION_SECRET_KEY=format_key(1, b"\x01" * 32))
+    env.pop("METRION_DATA_DIR")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([str(VENV_BIN / "metrion"), "--data-dir", str(data_dir), "serve", "--port", "openai=0"],
+                          env=env, capture_output=True, text=True, timeout=30, cwd=elsewhere)
+    assert proc.returncode == 1
+    assert str(data_dir) in proc.stderr and "does not match" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
