@@ -1,5 +1,6 @@
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -66,9 +67,14 @@ def retire_demo(paths) -> None:
         vault.remove(account["id"], name)
 
 
+def _relative(path) -> str:
+    """Short when under the working directory (the project's `.venv/bin/...`), else absolute."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else str(path)
+
+
 def _python_command() -> str:
-    relative = os.path.relpath(sys.executable)
-    return relative if not relative.startswith("..") else sys.executable
+    return _relative(sys.executable)
 
 
 def _demo(paths, host, ports):
@@ -102,7 +108,8 @@ print(client.chat.completions.create(model="gpt-4o-mini",
       messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
 PY
 
-Each request becomes a row of `requests` in {paths.metrion_db}.
+Each request becomes a row of `requests` in {paths.metrion_db}; to see them, in another
+terminal: {_relative(Path(sys.executable).parent / "metrion")} --data-dir {_relative(paths.data_dir)} ui
 The token and the fake keys stop working when the demo stops.
 """, err=False)
     try:
