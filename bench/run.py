@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -746,7 +746,7 @@ def targets_section(res: Results) -> list[str]:
     g = soak and soak["growth_mb_per_100k"]
     lean = res.soak.get("lean-master", {}).get("growth_mb_per_100k")
     line(None if g is None else g < 5,
-         f"memory growth < 5 MB per 100,000 requests after warm-up: "
+         "memory growth < 5 MB per 100,000 requests after warm-up: "
          + (f"{g:+.2f} MB per 100,000 over {soak['requests'] - soak['warmup_requests']:,} requests"
             if g is not None else "not measured")
          + (f" (lean-master: {lean:+.2f} MB)" if lean is not None else ""))

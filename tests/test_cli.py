@@ -1,7 +1,6 @@
 """The `metrion` command as an operator uses it (CliRunner, a temporary data directory)."""
 
 import os
-import sqlite3
 import stat
 import subprocess
 

@@ -13,7 +13,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from metrion_cli import accounts, db as dbmod, export as exportmod
+from metrion_cli import accounts, db as dbmod
 from metrion_cli.dashboard import build
 from metrion_cli.paths import resolve
 from metrion_cli.writer import Writer

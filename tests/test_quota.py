@@ -6,7 +6,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
-import pytest
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count me"}]}
 
