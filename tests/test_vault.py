@@ -1,4 +1,3 @@
-
 import pytest
 
 from metrion_cli import db as dbmod
