@@ -292,8 +292,11 @@ def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
     tap: SSETap | BodyTap | None = meta.get("tap")
     facts = {}
     if response is not None:
-        # From the responseheaders hook; a response Metrion made itself did not pass there.
-        facts = meta.get("response_facts") or headers.pick(response.headers, _FACT_HEADERS[provider_name])
+        # From the responseheaders hook; a response Metrion made itself did not pass there, and
+        # a compressed one may have been decoded since (by a mitmdump script): read again.
+        facts = meta.get("response_facts")
+        if not facts or b"content-encoding" in facts:
+            facts = headers.pick(response.headers, _FACT_HEADERS[provider_name])
         if provider.REQUEST_ID_HEADER:
             row["upstream_request_id"] = facts.get(provider.REQUEST_ID_HEADER.encode())
     upstream_error = None

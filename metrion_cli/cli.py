@@ -1,5 +1,7 @@
 """The `metrion` command: one group per noun, each command a thin call into the library."""
 
+import sqlite3
+
 import click
 
 from . import db as dbmod
@@ -15,6 +17,8 @@ class MetrionGroup(click.Group):
             return super().invoke(ctx)
         except (LookupError, ValueError, MasterKeyError, DecryptError, dbmod.NotInitialised) as e:
             raise click.ClickException(str(e)) from None
+        except sqlite3.Error as e:  # locked past the busy timeout, a damaged file, a failed upgrade
+            raise click.ClickException(f"database error: {e}") from None
 
 
 @click.group(cls=MetrionGroup)

@@ -1,6 +1,8 @@
 """Opening Metrion's two SQLite files with the same pragmas everywhere."""
 
+import contextlib
 import datetime
+import fcntl
 import os
 import sqlite3
 import time
@@ -64,14 +66,25 @@ def open_metrion(paths: Paths) -> Database:
     return Database(connect(paths.metrion_db))
 
 
+@contextlib.contextmanager
+def _migrating(paths: Paths):
+    """One process at a time applies migrations (`serve` and `ui` may start together; a
+    migration's script commits as it goes, so SQLite's own lock cannot serialise it)."""
+    with open(paths.data_dir / ".migrating.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def upgrade(paths: Paths) -> None:
     """Apply pending migrations of an existing metrion.db (a newer Metrion on an older data
     directory): the writer and the dashboard rely on the latest tables."""
-    db = open_metrion(paths)
-    try:
-        migrations.metrion.apply(db)
-    finally:
-        db.conn.close()
+    _require(paths.metrion_db)
+    with _migrating(paths):
+        db = open_metrion(paths)
+        try:
+            migrations.metrion.apply(db)
+        finally:
+            db.conn.close()
 
 
 def open_vault(paths: Paths) -> Database:
@@ -82,9 +95,10 @@ def open_vault(paths: Paths) -> Database:
 def initialise(paths: Paths) -> None:
     """Create both databases if missing and apply pending migrations. Idempotent."""
     paths.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(connect(paths.metrion_db))
-    migrations.metrion.apply(db)
-    db.conn.close()
+    with _migrating(paths):
+        db = Database(connect(paths.metrion_db))
+        migrations.metrion.apply(db)
+        db.conn.close()
     fresh_vault = not paths.vault_db.exists()
     if fresh_vault:
         # Created 0600 before SQLite writes anything into it.

@@ -3,7 +3,7 @@
 Percentiles over the raw log cost a sort of every row in range (seconds on a million rows), so
 the writer also counts each forwarded request into a bucket per (day, provider, model), in the
 same transaction as the rows. Buckets are log-spaced, BUCKETS_PER_DECADE to a factor of ten:
-a percentile read from them is the upper edge of its bucket, at most 12% above the true value.
+a percentile read from them is the upper edge of its bucket, at most 12.2% above the true value.
 """
 
 import math

@@ -116,28 +116,26 @@ class Writer:
 
     def _commit(self) -> bool:
         batch = self._pending
-        usage: dict[tuple[int, str], list[int]] = {}
-        latency: collections.Counter[tuple[str, str, str, float]] = collections.Counter()
-        for row in batch:
-            if row[_FORWARDED] and row[_LATENCY] is not None and row[_PROVIDER]:
-                latency[(row[_TS][:10], row[_PROVIDER], row[_MODEL] or "", upper_ms(bucket_of(row[_LATENCY])))] += 1
-            if row[_ACCOUNT] is None:
-                continue
-            totals = usage.setdefault((row[_ACCOUNT], row[-1]), [0, 0, 0])
-            totals[0] += 1 if row[_FORWARDED] else 0
-            totals[1] += row[_INPUT] or 0
-            totals[2] += row[_OUTPUT] or 0
-        conn = self._conn
-        assert conn is not None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_INSERT, [row[:-1] for row in batch])
-            conn.executemany(_UPSERT_USAGE, [(a, m, *t) for (a, m), t in usage.items()])
-            conn.executemany(_UPSERT_LATENCY, [(*key, n) for key, n in latency.items()])
-            conn.execute("COMMIT")
+            self._write(batch)
+        except (ValueError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError) as e:
+            # A value SQLite cannot take: a lone surrogate (a client's undecodable bytes in a
+            # path, header or model name), an integer past 64 bits. Retried at once with such
+            # values escaped; an error here must never stop the thread with the lock held.
+            self._rollback()
+            logger.warning("metrion writer: %d rows held values SQLite cannot store (%s); "
+                           "storing them escaped", len(batch), e)
+            batch = self._pending = [storable(row) for row in batch]
+            try:
+                self._write(batch)
+            except Exception as again:  # noqa: BLE001 (logged and counted, never silent)
+                self._rollback()
+                self.dropped += len(batch)
+                self._pending = []
+                logger.error("metrion writer: %d rows dropped, they cannot be stored: %r", len(batch), again)
+                return True
         except sqlite3.Error as e:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self._rollback()
             self.failures += 1
             if self.failures == 1 or self.failures % 50 == 0:
                 logger.error("metrion writer: %d rows wait, database error: %s", len(batch), e)
@@ -148,3 +146,43 @@ class Writer:
         self.written += len(batch)
         self._pending = []
         return True
+
+    def _write(self, batch: list[tuple]) -> None:
+        usage: dict[tuple[int, str], list[int]] = {}
+        latency: collections.Counter[tuple[str, str, str, float]] = collections.Counter()
+        for row in batch:
+            if row[_FORWARDED] and isinstance(row[_LATENCY], (int, float)) and row[_PROVIDER]:
+                latency[(row[_TS][:10], row[_PROVIDER], row[_MODEL] or "", upper_ms(bucket_of(row[_LATENCY])))] += 1
+            if row[_ACCOUNT] is None:
+                continue
+            totals = usage.setdefault((row[_ACCOUNT], row[-1]), [0, 0, 0])
+            totals[0] += 1 if row[_FORWARDED] else 0
+            totals[1] += row[_INPUT] or 0
+            totals[2] += row[_OUTPUT] or 0
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_INSERT, [row[:-1] for row in batch])
+        conn.executemany(_UPSERT_USAGE, [(a, m, *t) for (a, m), t in usage.items()])
+        conn.executemany(_UPSERT_LATENCY, [(*key, n) for key, n in latency.items()])
+        conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._conn is not None and self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+def storable(row: tuple) -> tuple:
+    """The row with every value SQLite can store: text with lone surrogates escaped
+    (\\udc80), integers past 64 bits as text."""
+    return tuple(_storable(value) for value in row)
+
+
+def _storable(value):
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bool) or value is None or isinstance(value, (float, bytes)):
+        return value
+    if isinstance(value, int):
+        return value if -2**63 <= value < 2**63 else str(value)
+    return str(value)

@@ -63,9 +63,9 @@ async def _test_latency_percentiles_come_from_the_histogram(ds):
     by_provider = {r["provider"]: r for r in rows}
     openai_row = by_provider["openai"]
     assert openai_row["day"] == TODAY and openai_row["requests"] == 100
-    # Each percentile is its bucket's upper edge: never below the exact value, at most 12% above.
+    # Each percentile is its bucket's upper edge: never below the exact value, at most 12.2% above.
     for name, exact in (("p50_ms", 50), ("p95_ms", 95), ("p99_ms", 99)):
-        assert exact <= openai_row[name] <= exact * 1.12, (name, openai_row[name])
+        assert exact <= openai_row[name] <= exact * 1.122, (name, openai_row[name])
     assert 2000 <= by_provider["anthropic"]["p99_ms"] <= 2240
     # ?days= reaches back further; the rows are today's, so any window holds them.
     assert len(await get_json(ds, "/metrion/latency.json?_shape=array&days=30")) == 2
@@ -164,6 +164,9 @@ def test_ui_and_export_end_to_end(acme, fake_openai, start_gateway, data_dir, se
     assert all(secret not in text for secret in secrets_used)
 
 
-def test_export_of_an_unknown_account_is_one_clear_line(acme, run_cli):
-    result = run_cli("export", "nobody", ok=False)
+def test_export_of_an_unknown_account_is_one_clear_line_and_keeps_the_old_file(acme, run_cli, tmp_path):
+    previous = tmp_path / "export.json"
+    previous.write_text('{"kept": true}')
+    result = run_cli("export", "nobody", "-o", str(previous), ok=False)
     assert result.exit_code == 1 and "nobody" in result.output and "Traceback" not in result.output
+    assert previous.read_text() == '{"kept": true}' and list(tmp_path.glob("*.partial")) == []

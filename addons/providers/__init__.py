@@ -131,18 +131,20 @@ def dig(obj: Any, *keys: str) -> Any:
 MAX_PARSED_BODY = 2 * 1024 * 1024
 
 
-_fields_by_route: dict[tuple[int, str], tuple[str, ...] | None] = {}
+_fields_by_route: dict[tuple[int, str], tuple[dict, tuple[str, ...] | None]] = {}
 
 
 def _required_fields(required: dict[str, tuple[str, ...]], route: str) -> tuple[str, ...] | None:
     """The fields every request to `route` needs (looked up once per route: clients call the
     same few endpoints over and over)."""
     key = (id(required), route)
-    if key not in _fields_by_route:
+    cached = _fields_by_route.get(key)
+    if cached is None or cached[0] is not required:  # the dict is kept: its id cannot be reused
         if len(_fields_by_route) > 10_000:  # routes with ids in them: bounded
             _fields_by_route.clear()
-        _fields_by_route[key] = next((f for suffix, f in required.items() if route.endswith(suffix)), None)
-    return _fields_by_route[key]
+        cached = _fields_by_route[key] = (
+            required, next((f for suffix, f in required.items() if route.endswith(suffix)), None))
+    return cached[1]
 
 
 def request_problem(required: dict[str, tuple[str, ...]], method: str, path: str, body: bytes) -> str | None:

@@ -1,3 +1,4 @@
+import os
 import sys
 
 import click
@@ -21,8 +22,16 @@ def export(paths, account, output):
     """
     db = open_db(paths)
     if output:
-        with open(output, "wb") as out:
-            count = exportmod.export_account(db, account, out)
+        # Written beside, renamed when complete: a failed export never leaves half a file or
+        # destroys the previous one.
+        partial = f"{output}.partial"
+        try:
+            with open(partial, "wb") as out:
+                count = exportmod.export_account(db, account, out)
+            os.replace(partial, output)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
         click.echo(f"metrion: exported {account} ({count} requests) to {output}", err=True)
     else:
         exportmod.export_account(db, account, sys.stdout.buffer)

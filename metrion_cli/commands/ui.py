@@ -19,7 +19,7 @@ def ui(paths, host, port):
 
     \b
     Example:
-      metrion ui --port 8001      # then open http://127.0.0.1:8001/
+      metrion ui --port 8001      # then open http://127.0.0.1:8001/metrion
     """
     import uvicorn
 

@@ -67,7 +67,7 @@ def metadata(database: str = "metrion") -> dict:
                         "title": "Latency by day, provider and model",
                         "description": "Percentiles in ms of forwarded requests, from arrival to "
                                        "the last byte; each is the upper edge of a histogram "
-                                       "bucket (at most 12% above the exact value). days: how "
+                                       "bucket (at most 12.2% above the exact value). days: how "
                                        "many days back (default 7).",
                         "sql": LATENCY_SQL,
                         "hide_sql": True,
@@ -90,6 +90,8 @@ SETTINGS = {
     "suggest_facets": False,
     "facet_time_limit_ms": 250,
     "default_page_size": 50,
+    # `requests.csv?_stream=on` is how the whole log leaves as CSV; Datasette cuts at 100 MB.
+    "max_csv_mb": 0,
 }
 
 

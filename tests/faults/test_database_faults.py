@@ -59,3 +59,17 @@ def test_past_the_queue_limit_rows_are_counted_and_logged(acme, fake_openai, sta
     log = "".join(gateway.output)
     assert "queue full" in log
     assert f"{20 - kept} rows dropped in all" in log
+
+
+def test_a_value_sqlite_cannot_store_does_not_stop_the_log(gateway, acme, data_dir, run_cli):
+    # A lone surrogate escape in the model (valid JSON, not storable as UTF-8 text) used to kill
+    # the writer with its transaction open: no row written after it, the database locked.
+    with httpx.Client(timeout=10) as http:
+        refused = http.post(gateway.url() + "/v1/chat/completions", content=b'{"model":"\\ud800x","messages":[]}',
+                            headers={"authorization": "Bearer mtr_not-a-real-token", "content-type": "application/json"})
+        assert refused.status_code == 401
+    send(gateway, acme.token, 1)
+    rows = gateway.wait_rows(2)
+    assert [r["status"] for r in rows] == [401, 200]
+    assert rows[0]["model"] == "\\ud800x"  # stored escaped
+    run_cli("tokens", "create", "acme", "--name", "after")  # the database is not left locked
