@@ -105,6 +105,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_script(argv: list[str], what: str, env: dict, timeout: float, cpus: set[int] | None = None) -> dict:
+    """Runs one of bench/'s helper scripts (on `cpus` when given); its last line of output is a
+    JSON object, with "error" when it failed."""
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
+                       preexec_fn=_child_setup(cpus, True))
+    try:
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise BenchError(f"{what} failed:\n{r.stdout}{r.stderr}") from None
+    if "error" in result:
+        raise BenchError(f"{what}: {result['error']}")
+    return result
+
+
 def system_busy_seconds() -> float:
     """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
     with open("/proc/stat") as f:
@@ -414,14 +428,7 @@ class Bench:
     def probe(self, target: Target) -> dict:
         argv = [PYTHON, str(BENCH / "ttfb_probe.py"), target.url, "--auth", target.auth,
                 "-n", str(self.s.probe_requests)]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, env=self.env,
-                           preexec_fn=_child_setup(self.load_cpus, True))
-        try:
-            result = json.loads(r.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            raise BenchError(f"ttfb probe failed for {target.name}:\n{r.stdout}{r.stderr}") from None
-        if "error" in result:
-            raise BenchError(f"ttfb probe for {target.name}: {result['error']}")
+        result = run_script(argv, f"ttfb probe for {target.name}", self.env, 300, self.load_cpus)
         target.served += result["n"] + 5
         return result
 
@@ -614,14 +621,7 @@ def measure_writer(bench: Bench) -> None:
         bench.metrion_cli("init", data=data)
         argv = [PYTHON, str(BENCH / "writer_bench.py"), "--data-dir", str(data), "--rows", str(s.writer_rows)]
         # On the proxy's core: the writer is a thread of the proxy's process.
-        r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=bench.env, timeout=300,
-                           preexec_fn=_child_setup(bench.proxy_cpus, True))
-        try:
-            result = json.loads(r.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            raise BenchError(f"writer bench failed:\n{r.stdout}{r.stderr}") from None
-        if "error" in result:
-            raise BenchError(f"writer bench: {result['error']}")
+        result = run_script(argv, "writer bench", bench.env, 300, bench.proxy_cpus)
         if result["dropped"] or result["written"] != result["rows"]:
             bench.results.flags[("writer", "metrion")] = "⚠"
             bench.results.warnings.append(
@@ -637,11 +637,7 @@ def measure_dashboard(bench: Bench) -> None:
     bench.metrion_cli("init", data=data)
     argv = [PYTHON, str(BENCH / "dashboard_bench.py"), "--data-dir", str(data), "--rows", str(s.dashboard_rows),
             "--runs", str(s.runs), "--port", str(free_port())]
-    r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=bench.env, timeout=600)
-    try:
-        result = json.loads(r.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise BenchError(f"dashboard bench failed:\n{r.stdout}{r.stderr}") from None
+    result = run_script(argv, "dashboard bench", bench.env, 600)
     for key, values in (("dash_logs", result["logs_ms"]), ("dash_latency", result["latency_ms"]),
                         ("export_s", result["export_seconds"]), ("export_mb", result["export_peak_mb"])):
         for value in values:
