@@ -90,7 +90,7 @@ class Writer:
             self._conn.close()
             self._conn = None
         if self.dropped:
-            logger.error("metrion writer: %d rows dropped in all because the queue was full", self.dropped)
+            logger.error("metrion writer: %d rows dropped in all (queue full, or not storable)", self.dropped)
 
     def _run(self) -> None:
         while True:
