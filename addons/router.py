@@ -128,9 +128,10 @@ class Router:
         headers = flow.request.headers
         ours = {name.lower() for name, _ in headers.fields if name[:10].lower() == b"x-metrion-"}
         if ours:
-            requester = fast_headers.get(headers, b"x-metrion-user")
+            values = fast_headers.pick(headers, frozenset(ours))
+            requester = values.get(b"x-metrion-user")
             meta["requester"] = clean_requester(requester) if requester else None
-            meta["metrion_token"] = fast_headers.get(headers, b"x-metrion-token") or None
+            meta["metrion_token"] = values.get(b"x-metrion-token") or None
             fast_headers.remove(headers, ours)
         if provider is None:
             meta["error"] = "no provider serves this listener"
