@@ -7,8 +7,10 @@ the one module of metrion_cli that imports `addons`, and it does so inside `run(
 
 import asyncio
 import gc
+import inspect
 import signal
 import sys
+import types
 from dataclasses import dataclass, field
 
 DEFAULT_PORTS = {"openai": 8101, "anthropic": 8102, "gemini": 8103, "mistral": 8104, "xai": 8105}
@@ -79,6 +81,83 @@ class FreezeStartupObjects:
         gc.freeze()
 
 
+class FlowHookDispatch:
+    """mitmproxy's `handle_lifecycle` (every hook of every flow, plus an `update` after each)
+    through each event's hook functions, looked up once, instead of asking every addon for it.
+
+    mitmproxy's own loop walks the whole chain for every event of every flow, each addon inside
+    a `safecall` context manager and two generators, whether it has the hook or not: a lean
+    Master spent ~85 µs of its ~620 µs per request there (measured: four events and four
+    updates, six addons, none of which has a flow hook), and every added addon ~16 µs more.
+    Same order, same error handling (an error is logged by mitmproxy's `safecall` and the next
+    hook runs; `AddonHalt` stops the event); the lists are rebuilt whenever an addon is registered or removed.
+    """
+
+    def __init__(self, manager) -> None:
+        from mitmproxy import addonmanager, exceptions, flow, hooks
+
+        self.manager = manager
+        self._traverse = addonmanager.traverse
+        self._safecall = addonmanager.safecall
+        self._halt = exceptions.AddonHalt
+        self._not_callable = exceptions.AddonManagerError
+        self._flow_type = flow.Flow
+        self._update_hook = hooks.UpdateHook
+        self._hooks: dict[str, list] = {}
+        self._built_for: tuple = ()
+
+    def install(self) -> "FlowHookDispatch":
+        self.manager.handle_lifecycle = self.handle_lifecycle
+        return self
+
+    def hooks(self, name: str) -> list:
+        """The hook functions for event `name`, in chain order (as mitmproxy's _iter_hooks)."""
+        manager = self.manager
+        chain = manager.chain
+        built_for = self._built_for
+        # add() appends to the chain, remove() replaces it, register() of a sub-addon grows
+        # the lookup: any of them starts the lists afresh.
+        if not (built_for and built_for[0] is chain and built_for[1] == len(chain)
+                and built_for[2] == len(manager.lookup)):
+            self._hooks = {}
+            self._built_for = (chain, len(chain), len(manager.lookup))
+        found = self._hooks.get(name)
+        if found is None:
+            found = self._hooks[name] = []
+            for addon in self._traverse(chain):
+                func = getattr(addon, name, None)
+                if not func or isinstance(func, types.ModuleType):
+                    continue  # mitmproxy skips a module imported under a hook's name, too
+                if not callable(func):
+                    raise self._not_callable(f"Addon handler {name} ({addon}) not callable")
+                found.append(func)
+        return found
+
+    async def handle_lifecycle(self, event) -> None:
+        funcs = self.hooks(event.name)
+        if funcs:
+            await self._call(funcs, event.args())
+        updates = self.hooks("update")
+        if updates:
+            message = event.args()[0]
+            if isinstance(message, self._flow_type):
+                await self._call(updates, self._update_hook([message]).args())
+
+    async def _call(self, funcs: list, args: list) -> None:
+        for func in funcs:
+            try:
+                result = func(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except self._halt:
+                return
+            except Exception:
+                # Logged by mitmproxy's own safecall (which lets OptionsError through, as
+                # mitmproxy's loop does); entered only on an error, as it costs ~1.5 µs a call.
+                with self._safecall():
+                    raise
+
+
 # On SIGTERM, how long requests in flight may take to finish before Metrion stops anyway.
 DRAIN_SECONDS = 10.0
 
@@ -95,6 +174,7 @@ async def run_lean_master(settings: dict, extra_addons: list, set_specs: list[st
 
     opts = options.Options()
     proxy = master.Master(opts, with_termlog=True)
+    FlowHookDispatch(proxy.addons).install()
     proxy.addons.add(
         core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True), *extra_addons, FreezeStartupObjects(),
