@@ -62,6 +62,9 @@ _FACT_HEADERS = {
     name: frozenset({b"content-type", b"content-encoding", b"content-length"}
                     | ({module.REQUEST_ID_HEADER.encode()} if module.REQUEST_ID_HEADER else set()))
     for name, module in providers.PROVIDERS.items()}
+# The request-id header's name as the facts above key it, per provider (None: it sends none).
+_REQUEST_ID = {name: module.REQUEST_ID_HEADER.encode() if module.REQUEST_ID_HEADER else None
+               for name, module in providers.PROVIDERS.items()}
 _EVENT_END = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
 
 
@@ -174,7 +177,7 @@ class BodyTap:
 def read_body(provider, path: str, raw: bytes, encoding: str) -> tuple[str | None, Usage, str | None]:
     """Model, usage and error message of a whole (possibly compressed) JSON body."""
     try:
-        decode = incremental_decoder(encoding)
+        decode = incremental_decoder(encoding) if encoding else None
         body = providers.loads(decode(raw) if decode else raw)
     except (ValueError, zlib.error, RecursionError) as e:
         return None, Usage(note=f"not read: body is not JSON ({type(e).__name__})"), None
@@ -297,8 +300,9 @@ def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
         facts = meta.get("response_facts")
         if not facts or b"content-encoding" in facts:
             facts = headers.pick(response.headers, _FACT_HEADERS[provider_name])
-        if provider.REQUEST_ID_HEADER:
-            row["upstream_request_id"] = facts.get(provider.REQUEST_ID_HEADER.encode())
+        request_id = _REQUEST_ID[provider_name]
+        if request_id is not None:
+            row["upstream_request_id"] = facts.get(request_id)
     upstream_error = None
     if tap is not None:
         row["streamed"] = int(tap.streamed)
