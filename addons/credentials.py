@@ -27,9 +27,10 @@ def find_credentials(flow: http.HTTPFlow, slots) -> list[tuple[providers.Credent
     found = []
     for slot in slots:
         if slot.location == "header":
+            scheme = slot.scheme
             for value in fast_headers.get_all(flow.request.headers, slot.header):
-                if slot.scheme and value[:len(slot.scheme)].lower() == slot.scheme.lower():
-                    value = value[len(slot.scheme):]
+                if scheme and value[:len(scheme)].lower() == scheme.lower():
+                    value = value[len(scheme):]
                 found.append((slot, value.strip()))
         else:
             found.extend((slot, v) for v in flow.request.query.get_all(slot.name))
@@ -115,7 +116,7 @@ class Credentials:
         if not found:
             return refuse(flow, "missing_credential",
                           "no API key: send your Metrion token (mtr_...) or a provider key")
-        if len({value for _, value in found}) > 1:
+        if len(found) > 1 and len({value for _, value in found}) > 1:
             return refuse(flow, "conflicting_credentials",
                           "the request carries two different credentials; send exactly one")
         slot, credential = found[0]
@@ -136,7 +137,7 @@ class Credentials:
             if stored.key is None:
                 return refuse(flow, "internal", f"the stored {provider.NAME} key could not be "
                               "decrypted; the operator's log says why")
-            for other, _ in found:
+            for other, _ in found[1:]:  # the same key in a second place goes, too
                 if other != slot and other.location == "header":
                     del flow.request.headers[other.name]
             put_credential(flow, slot, stored.key)

@@ -126,7 +126,12 @@ class Router:
             self.store.inflight[flow.id] = flow
         provider = self.route(flow)
         headers = flow.request.headers
-        ours = {name.lower() for name, _ in headers.fields if name[:10].lower() == b"x-metrion-"}
+        ours = None
+        for name, _ in headers.fields:
+            if name[:1] in b"xX" and name[:10].lower() == b"x-metrion-":  # the cheap test first
+                if ours is None:
+                    ours = set()
+                ours.add(name.lower())
         if ours:
             values = fast_headers.pick(headers, frozenset(ours))
             requester = values.get(b"x-metrion-user")

@@ -41,7 +41,11 @@ class CredentialSlot(NamedTuple):
 
     @property
     def header(self) -> bytes:
-        return self.name.encode()
+        return _HEADER_BYTES.get(self.name) or self.name.encode()
+
+
+# Credential header names as bytes, made once: they are looked up on every request.
+_HEADER_BYTES = {name: name.encode() for name in ("authorization", "x-api-key", "x-goog-api-key")}
 
 
 @dataclass
