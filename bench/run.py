@@ -65,6 +65,7 @@ class Settings:
     duration: int = 5           # seconds per wrk run (c=1, c=16, stream c=4)
     warmup: int = 2             # seconds of c=16 load per target before the first measured run
     probe_requests: int = 200   # sequential streaming requests per TTFB probe
+    paired_rounds: int = 4      # rounds of Metrion and the lean Master loaded at the same time
     soak_requests: int = 100_000
     soak_segments: int = 10     # RSS is read after each segment; the first is the warm-up
     writer_rows: int = 200_000
@@ -75,7 +76,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(runs=1, duration=1, warmup=1, probe_requests=30, soak_requests=4_000,
+        return cls(runs=1, duration=1, warmup=1, probe_requests=30, paired_rounds=1, soak_requests=4_000,
                    soak_segments=4, writer_rows=20_000, writer_runs=1, dashboard_rows=50_000)
 
 
@@ -226,6 +227,7 @@ FIGURES = [
     Fig("c1_rps", "c=1 requests/s", "/s", "ratio", 0),
     Fig("c16_rps", "c=16 requests/s", "/s", "ratio", 0),
     Fig("c16_p99", "c=16 p99 latency", "ms", "delta"),
+    Fig("paired_rpc", "c=16 paired with lean-master: requests per CPU-second", "/s", "ratio", 0),
     Fig("s4_rps", "stream (20 chunks) c=4 requests/s", "/s", "ratio", 0),
     Fig("ttfb", "stream time to first byte, median of probe", "ms", "delta"),
     Fig("rss_idle", "RSS idle", "MB", "delta", 1),
@@ -254,6 +256,7 @@ class Results:
         self.warnings: list[str] = []
         self.info: list[str] = []
         self.soak: dict[str, dict] = {}
+        self.paired_ratios: dict[str, list[float]] = {}  # Metrion target -> its rounds' ratios
 
     def add(self, key: str, target: str, value: float) -> None:
         self.values.setdefault((key, target), []).append(value)
@@ -270,6 +273,7 @@ class Results:
             "values": [{"figure": k, "target": t, "runs": v} for (k, t), v in self.values.items()],
             "na": [{"figure": k, "target": t, "reason": r} for (k, t), r in self.notes.items()],
             "warnings": self.warnings, "info": self.info, "soak": self.soak,
+            "paired_ratios": self.paired_ratios,
         }
 
 
@@ -490,6 +494,56 @@ class Bench:
             res.warnings.append(f"{t.name}, ttfb probe: {p['failed']} failed requests")
         self.settle(t, minimum=0.3)
 
+    def paired(self) -> None:
+        """Metrion and the lean Master under the same c=16 load at the same time, both on the
+        proxy core: what each spends per request, under the same conditions.
+
+        Runs one after the other see the machine differ (on this kind of VM, the same code's
+        requests/s varies by up to 14% from run to run); two processes measured at once see the
+        same neighbours. Each round starts both wrk runs together and reads each proxy's CPU time
+        (all threads, /proc) before and after: requests per CPU-second."""
+        lean = next((t for t in self.targets if t.name == "lean-master"), None)
+        if lean is None or lean.proc is None:
+            return
+        # Stored mode only: pass-through is the same process, and its own rounds would give the
+        # lean Master a second set of figures.
+        t = next((t for t in self.targets if t.name == "metrion-stored"), None)
+        if t is None or t.proc is None:
+            return
+        ratios = self.results.paired_ratios.setdefault(t.name, [])
+        for _ in range(self.s.paired_rounds):
+            self.settle(t)
+            self.settle(lean)
+            rates = self.paired_round([lean, t])
+            if rates is None:
+                break
+            self.results.add("paired_rpc", lean.name, rates[0])
+            self.results.add("paired_rpc", t.name, rates[1])
+            ratios.append(rates[1] / rates[0])
+
+    def paired_round(self, targets: list[Target]) -> list[float] | None:
+        seconds = self.s.duration
+        before = [t.proc.cpu_seconds() for t in targets]
+        runs = [subprocess.Popen(
+            ["wrk", "-t1", "-c16", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, t.url, "--", t.auth, "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=_child_setup(self.load_cpus, True)) for t in targets]
+        outputs = [r.communicate(timeout=seconds + 60)[0] for r in runs]
+        spent = [t.proc.cpu_seconds() - b for t, b in zip(targets, before)]
+        rates = []
+        for t, out, cpu in zip(targets, outputs, spent):
+            line = next((l for l in out.splitlines() if l.startswith("BENCH_RESULT ")), None)
+            if line is None:
+                raise BenchError(f"wrk gave no result for {t.name} (paired):\n{out}")
+            result = json.loads(line.removeprefix("BENCH_RESULT "))
+            t.served += result["requests"]
+            if result["errors"]["status"]:
+                self.results.warnings.append(f"{t.name}, paired: {result['errors']['status']} non-2xx")
+            if cpu <= 0:
+                return None
+            rates.append(result["requests"] / cpu)
+        return rates
+
     def soak(self, t: Target) -> None:
         """`soak_requests` more requests at c=16 (one in four streamed), RSS after each segment;
         growth is measured after the first segment (the warm-up) in three equal windows."""
@@ -541,6 +595,8 @@ class Bench:
                 self.load_round(t)
         for t in self.targets:
             self.memory("rss_load", t)
+        print("paired: metrion-stored and lean-master loaded at once", flush=True)
+        self.paired()
         for t in self.targets:
             if t.streaming_only:
                 continue
@@ -718,6 +774,14 @@ def targets_section(res: Results) -> list[str]:
     line(None if s is None else s >= 90,
          f"rps at c=16 ≥ 90% of lean-master: {s or 0:.0f}% ({m('c16_rps', 'metrion-stored') or 0:,.0f} vs "
          f"{m('c16_rps', 'lean-master') or 0:,.0f} /s) [{p or 0:.0f}%]")
+
+    paired = {t: sorted(v) for t, v in res.paired_ratios.items() if v}
+    if "metrion-stored" in paired:
+        v = paired["metrion-stored"]
+        out.append(
+            f"  - the same, both loaded at once (same machine conditions; requests per CPU-second, median "
+            f"of {len(v)} rounds' ratios, metrion-stored only): {statistics.median(v) * 100:.0f}% "
+            f"({v[0] * 100:.0f}–{v[-1] * 100:.0f}%)")
 
     def added(t: str) -> float | None:
         a, b = m("c1_p50", t), m("c1_p50", "lean-master")
