@@ -90,7 +90,9 @@ class FlowHookDispatch:
     Master spent ~85 µs of its ~620 µs per request there (measured: four events and four
     updates, six addons, none of which has a flow hook), and every added addon ~16 µs more.
     Same order, same error handling (an error is logged by mitmproxy's `safecall` and the next
-    hook runs; `AddonHalt` stops the event); the lists are rebuilt whenever an addon is registered or removed.
+    hook runs; `AddonHalt` stops the event); the lists are rebuilt whenever an addon is
+    registered or removed. Installed in `run_lean_master`, so the benchmark's lean Master (the
+    ceiling Metrion is compared with) has it too.
     """
 
     def __init__(self, manager) -> None:

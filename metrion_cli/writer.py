@@ -4,11 +4,12 @@ The proxy's hooks call `put()` (a non-blocking append) and never wait on SQLite.
 commits every `interval` seconds or `batch_size` rows, whichever comes first, and `close()`
 flushes what is queued. The same transaction keeps `usage_monthly` and `latency_histogram`.
 `put()` does not wake the thread for each row: at a thousand rows a second, a wake-up per row
-(a blocking queue) cost the proxy more CPU than writing the rows. Every 250 ms rather than every
-50: each commit costs the proxy's core a fixed amount besides its rows (measured under load,
-~1.5% of the proxy's requests/s), and a row a quarter second old is as good on a dashboard. When the database is locked
-or the disk is full, rows wait in memory up to `max_queued`; beyond that new rows are counted as
-dropped and logged, never silently lost.
+(a blocking queue) cost the proxy more CPU than writing the rows. Every 250 ms rather than
+every 50: each commit costs the proxy's core a fixed amount besides its rows (measured under
+load, ~1.5% of the proxy's requests/s), and a row a quarter second old is as good on a
+dashboard; a SIGKILL loses at most that batch. When the database is locked or the disk is full,
+rows wait in memory up to `max_queued`; beyond that new rows are counted as dropped and logged,
+never silently lost.
 """
 
 import collections
