@@ -856,19 +856,22 @@ class OpenAIHandler(ProviderHandler):
         opts = opts if isinstance(opts, dict) else {}
         include_usage = opts.get("include_usage") is True
         obfuscate = self.OBFUSCATION and opts.get("include_obfuscation") is not False
+        # providers.md: with include_usage every chunk carries "usage": null (and a usage-only
+        # chunk comes last); without it, the stream has no usage at all.
+        no_usage: dict[str, Any] = {"usage": None} if include_usage else {}
         events = [
             chat_chunk(head, [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-                       usage=None)
+                       **no_usage)
         ]
         for i, w in enumerate(words):
-            extra: dict[str, Any] = {"usage": None}
+            extra: dict[str, Any] = dict(no_usage)
             if obfuscate:
                 extra["obfuscation"] = _OBFUSCATION[i % len(_OBFUSCATION)]
             events.append(
                 chat_chunk(head, [{"index": 0, "delta": {"content": delta_text(i, w)}, "finish_reason": None}],
                            **extra)
             )
-        events.append(chat_chunk(head, [{"index": 0, "delta": {}, "finish_reason": "stop"}], usage=None))
+        events.append(chat_chunk(head, [{"index": 0, "delta": {}, "finish_reason": "stop"}], **no_usage))
         usage_at: dict[int, dict] = {}
         if include_usage:
             usage_at[len(events)] = usage

@@ -101,7 +101,7 @@ def test_chat_stream_without_usage(fake, client):
     sent = fake.sent[-1]
     assert sent.usage is None
     assert isinstance(sent.body, bytes) and sent.body.endswith(b"data: [DONE]\n\n")
-    assert b'"usage":null' in sent.body and b'"prompt_tokens"' not in sent.body
+    assert b'"usage"' not in sent.body  # providers.md: no usage at all without include_usage
     events = sent.body.split(b"\n\n")[:-1]
     assert len(events) == len(sent.chunk_times) == 1 + 3 + 1 + 1  # role, words, finish, [DONE]
     assert header(sent, "content-type").startswith("text/event-stream")
@@ -124,6 +124,8 @@ def test_chat_stream_with_include_usage(fake, client):
     events = [e for e in sent.body.split(b"\n\n") if e]
     assert events[-1] == b"data: [DONE]"
     assert json.loads(events[-2][len(b"data: "):])["choices"] == []
+    # Every chunk before the usage-only one says so: "usage": null (providers.md).
+    assert all(json.loads(e[len(b"data: "):]).get("usage", "absent") is None for e in events[:-2])
 
 
 def test_reasoning_model_reports_reasoning_tokens(fake, client):
