@@ -137,9 +137,9 @@ class Credentials:
             if stored.key is None:
                 return refuse(flow, "internal", f"the stored {provider.NAME} key could not be "
                               "decrypted; the operator's log says why")
-            for other, _ in found[1:]:  # the same key in a second place goes, too
-                if other != slot and other.location == "header":
-                    del flow.request.headers[other.name]
+            # The same token in another header (or twice in one) goes: only the key is sent.
+            for name in {other.name for other, _ in found[1:] if other != slot and other.location == "header"}:
+                del flow.request.headers[name]
             put_credential(flow, slot, stored.key)
             return
         meta["mode"] = "passthrough"

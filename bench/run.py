@@ -528,7 +528,13 @@ class Bench:
             ["wrk", "-t1", "-c16", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, t.url, "--", t.auth, "json"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             preexec_fn=_child_setup(self.load_cpus, True)) for t in targets]
-        outputs = [r.communicate(timeout=seconds + 60)[0] for r in runs]
+        try:
+            outputs = [r.communicate(timeout=seconds + 60)[0] for r in runs]
+        except subprocess.TimeoutExpired:
+            for r in runs:
+                r.kill()
+                r.wait()
+            raise BenchError(f"wrk did not finish within {seconds + 60} s (paired)") from None
         spent = [t.proc.cpu_seconds() - b for t, b in zip(targets, before)]
         rates = []
         for t, out, cpu in zip(targets, outputs, spent):
@@ -537,9 +543,13 @@ class Bench:
                 raise BenchError(f"wrk gave no result for {t.name} (paired):\n{out}")
             result = json.loads(line.removeprefix("BENCH_RESULT "))
             t.served += result["requests"]
-            if result["errors"]["status"]:
-                self.results.warnings.append(f"{t.name}, paired: {result['errors']['status']} non-2xx")
+            errors = {k: v for k, v in result["errors"].items() if v}
+            if errors:
+                self.results.flags[("paired_rpc", t.name)] = "⚠"
+                self.results.warnings.append(f"{t.name}, paired: " + ", ".join(
+                    f"{v} {'non-2xx' if k == 'status' else k}" for k, v in errors.items()))
             if cpu <= 0:
+                self.results.warnings.append(f"{t.name}, paired: no CPU time read; rounds stopped")
                 return None
             rates.append(result["requests"] / cpu)
         return rates

@@ -89,10 +89,14 @@ class FlowHookDispatch:
     a `safecall` context manager and two generators, whether it has the hook or not: a lean
     Master spent ~85 µs of its ~620 µs per request there (measured: four events and four
     updates, six addons, none of which has a flow hook), and every added addon ~16 µs more.
-    Same order, same error handling (an error is logged by mitmproxy's `safecall` and the next
-    hook runs; `AddonHalt` stops the event); the lists are rebuilt whenever an addon is
-    registered or removed. Installed in `run_lean_master`, so the benchmark's lean Master (the
-    ceiling Metrion is compared with) has it too.
+
+    Same order and error handling as mitmproxy's loop: an error is logged by mitmproxy's
+    `safecall` and the next addon runs (an addon's sub-addons are skipped for that event, as
+    there); `AddonHalt` stops the event; `OptionsError` goes up. The lists are rebuilt when an
+    addon is registered or removed. Unlike mitmproxy, a hook set on an addon after its first
+    event, or a sub-addon put in an `addons` list without `register()`, is not seen until then;
+    the lean Master's addons do neither. Installed in `run_lean_master`, so the benchmark's lean
+    Master (the ceiling Metrion is compared with) has it too.
     """
 
     def __init__(self, manager) -> None:
@@ -112,8 +116,8 @@ class FlowHookDispatch:
         self.manager.handle_lifecycle = self.handle_lifecycle
         return self
 
-    def hooks(self, name: str) -> list:
-        """The hook functions for event `name`, in chain order (as mitmproxy's _iter_hooks)."""
+    def hooks(self, name: str) -> list[tuple[int, object]]:
+        """(top-level addon's index, hook function) for event `name`, in chain order."""
         manager = self.manager
         chain = manager.chain
         built_for = self._built_for
@@ -125,14 +129,22 @@ class FlowHookDispatch:
             self._built_for = (chain, len(chain), len(manager.lookup))
         found = self._hooks.get(name)
         if found is None:
-            found = self._hooks[name] = []
-            for addon in self._traverse(chain):
-                func = getattr(addon, name, None)
-                if not func or isinstance(func, types.ModuleType):
-                    continue  # mitmproxy skips a module imported under a hook's name, too
-                if not callable(func):
-                    raise self._not_callable(f"Addon handler {name} ({addon}) not callable")
-                found.append(func)
+            found = []
+            for index, top in enumerate(chain):
+                for addon in self._traverse([top]):
+                    try:
+                        func = getattr(addon, name, None)
+                    except Exception as e:  # a property that raises: mitmproxy logs it per event
+                        found.append((index, _raiser(e)))
+                        break
+                    if not func or isinstance(func, types.ModuleType):
+                        continue  # mitmproxy skips a module imported under a hook's name, too
+                    if not callable(func):
+                        found.append((index, _raiser(
+                            self._not_callable(f"Addon handler {name} ({addon}) not callable"))))
+                        break
+                    found.append((index, func))
+            self._hooks[name] = found
         return found
 
     async def handle_lifecycle(self, event) -> None:
@@ -146,7 +158,10 @@ class FlowHookDispatch:
                 await self._call(updates, self._update_hook([message]).args())
 
     async def _call(self, funcs: list, args: list) -> None:
-        for func in funcs:
+        failed = -1  # the top-level addon whose hook raised: its sub-addons' hooks are skipped
+        for index, func in funcs:
+            if index == failed:
+                continue
             try:
                 result = func(*args)
                 if result is not None and inspect.isawaitable(result):
@@ -154,10 +169,20 @@ class FlowHookDispatch:
             except self._halt:
                 return
             except Exception:
+                failed = index
                 # Logged by mitmproxy's own safecall (which lets OptionsError through, as
                 # mitmproxy's loop does); entered only on an error, as it costs ~1.5 µs a call.
                 with self._safecall():
                     raise
+
+
+def _raiser(error: Exception):
+    """A stand-in hook that raises `error` each time, as mitmproxy's lookup would."""
+
+    def hook(*args):
+        raise error
+
+    return hook
 
 
 # On SIGTERM, how long requests in flight may take to finish before Metrion stops anyway.

@@ -6,9 +6,12 @@ import json
 import pytest
 from mitmproxy.test import taddons
 
+from addons import providers
 from addons.credentials import Credentials
 from addons.router import Router
 from addons.store import Store
+from metrion_cli.paths import resolve
+from metrion_cli.vault import Vault
 
 from .helpers import data_dir_with_acme, openai_flow
 
@@ -63,3 +66,27 @@ def test_a_crash_inside_credentials_fails_closed(setup, monkeypatch):
     body = json.loads(flow.response.content)
     assert body["error"]["type"] == "server_error" and "not forwarded" in body["error"]["message"]
     assert token not in flow.response.text
+
+
+def test_the_same_token_in_several_headers_leaves_only_the_stored_key(data_dir):
+    """Anthropic reads x-api-key and Authorization: the token in x-api-key and twice in
+    Authorization is one credential; the key goes in x-api-key and both copies go."""
+    db, token = data_dir_with_acme(data_dir, KEY)
+    acme_id = db.execute("SELECT id FROM accounts WHERE name = 'acme'").fetchone()[0]
+    anthropic_key = "sk-ant-test-unit-0000000000005678"
+    Vault.open(resolve(data_dir)).put(acme_id, "anthropic", anthropic_key)
+    store, router = Store(), Router()
+    credentials = Credentials(store)
+    with taddons.context(store, router, credentials) as tctx:
+        tctx.configure(store, metrion_data_dir=str(data_dir))
+        flow = openai_flow(path="/v1/messages", upstream=providers.get("anthropic").DEFAULT_UPSTREAM,
+                           body=b'{"model":"claude-sonnet-4","max_tokens":5,"messages":[]}',
+                           headers={"x-api-key": token})
+        flow.request.headers.add("authorization", f"Bearer {token}")
+        flow.request.headers.add("authorization", f"Bearer {token}")
+        run(router, credentials, flow)
+        store.done()
+    assert flow.response is None
+    assert flow.request.headers.get_all("x-api-key") == [anthropic_key]
+    assert "authorization" not in flow.request.headers
+    assert token not in str(flow.request.headers)

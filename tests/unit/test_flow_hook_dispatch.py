@@ -128,3 +128,36 @@ def test_an_addon_added_after_the_first_event_gets_the_next_one(fast):
     calls = asyncio.run(go())
     assert [c for c in calls if c[1] == "request"] == [("first", "request"), ("late", "request"),
                                                        ("first", "request")]
+
+
+class Broken:
+    """A parent whose request hook raises, with a child that has one too."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+        self.addons = [Recording("broken-child", calls)]
+
+    def request(self, flow):
+        self.calls.append(("broken", "request"))
+        raise ValueError("parent broke")
+
+
+class NotAHook:
+    """An addon with a non-callable attribute under a hook's name."""
+
+    request = "not callable"
+
+
+def test_a_failing_parent_skips_its_children_for_that_event_only():
+    calls = same_calls(lambda calls: [Broken(calls), Recording("next", calls)],
+                       lambda: [HttpRequestHook(tflow.tflow()), HttpRequestHook(tflow.tflow())])
+    assert calls.count(("broken-child", "request")) == 0
+    assert calls.count(("next", "request")) == 2
+
+
+def test_a_non_callable_hook_is_logged_at_each_event_and_the_rest_still_run(caplog):
+    with caplog.at_level(logging.ERROR):
+        calls = same_calls(lambda calls: [Recording("a", calls), NotAHook(), Recording("b", calls)],
+                           lambda: [HttpRequestHook(tflow.tflow()), HttpRequestHook(tflow.tflow())])
+    assert [c for c in calls if c[1] == "request"] == [("a", "request"), ("b", "request")] * 2
+    assert sum("not callable" in r.getMessage() for r in caplog.records) == 4  # 2 events, both runs
