@@ -73,7 +73,7 @@ def test_the_same_token_in_several_headers_leaves_only_the_stored_key(data_dir):
     Authorization is one credential; the key goes in x-api-key and both copies go."""
     db, token = data_dir_with_acme(data_dir, KEY)
     acme_id = db.execute("SELECT id FROM accounts WHERE name = 'acme'").fetchone()[0]
-    anthropic_key = "sk-ant-test-unit-0000000000005678"
+    anthropic_key = "test-anthropic-key-unit-5678"
     Vault.open(resolve(data_dir)).put(acme_id, "anthropic", anthropic_key)
     store, router = Store(), Router()
     credentials = Credentials(store)
