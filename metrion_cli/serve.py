@@ -94,8 +94,8 @@ class FlowHookDispatch:
     `safecall` and the next addon runs (an addon's sub-addons are skipped for that event, as
     there); `AddonHalt` stops the event; `OptionsError` goes up. The lists are rebuilt when an
     addon is registered or removed. Unlike mitmproxy, a hook set on an addon after its first
-    event, or a sub-addon put in an `addons` list without `register()`, is not seen until then;
-    the lean Master's addons do neither. Installed in `run_lean_master`, so the benchmark's lean
+    event, or a sub-addon put in an `addons` list without `register()`, is not seen until an addon is
+    next registered or removed; the lean Master's addons do neither. Installed in `run_lean_master`, so the benchmark's lean
     Master (the ceiling Metrion is compared with) has it too.
     """
 
