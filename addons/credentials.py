@@ -138,8 +138,9 @@ class Credentials:
                 return refuse(flow, "internal", f"the stored {provider.NAME} key could not be "
                               "decrypted; the operator's log says why")
             # The same token in another header (or twice in one) goes: only the key is sent.
-            for name in {other.name for other, _ in found[1:] if other != slot and other.location == "header"}:
-                del flow.request.headers[name]
+            if len(found) > 1:
+                for name in {other.name for other, _ in found[1:] if other != slot and other.location == "header"}:
+                    del flow.request.headers[name]
             put_credential(flow, slot, stored.key)
             return
         meta["mode"] = "passthrough"

@@ -8,9 +8,25 @@ fields directly. Names are given as lower-case bytes; values come back as mitmpr
 
 from mitmproxy.http import Headers
 
+# Header names as they came -> lower case. Clients and providers send the same few names in
+# the same case on every message, so one dict lookup replaces a `lower()` (and its new bytes
+# object) per field. Bounded: a client sending made-up names cannot grow it without end.
+_LOWER: dict[bytes, bytes] = {}
+_LOWER_MAX = 4096
+
+
+def lower(name: bytes) -> bytes:
+    low = _LOWER.get(name)
+    if low is None:
+        if len(_LOWER) >= _LOWER_MAX:
+            _LOWER.clear()
+        low = _LOWER[name] = name.lower()
+    return low
+
 
 def get_all(headers: Headers, name: bytes) -> list[str]:
-    return [v.decode("utf-8", "surrogateescape") for k, v in headers.fields if k.lower() == name]
+    get = _LOWER.get
+    return [v.decode("utf-8", "surrogateescape") for k, v in headers.fields if (get(k) or lower(k)) == name]
 
 
 def get(headers: Headers, name: bytes, default: str = "") -> str:
@@ -22,9 +38,10 @@ def get(headers: Headers, name: bytes, default: str = "") -> str:
 def replace(headers: Headers, name: bytes, value: str) -> None:
     """One value where the header was (at its first place), or added at the end."""
     encoded = value.encode("utf-8", "surrogateescape")
+    get = _LOWER.get
     fields, placed = [], False
     for field in headers.fields:
-        if field[0].lower() != name:
+        if (get(field[0]) or lower(field[0])) != name:
             fields.append(field)
         elif not placed:
             fields.append((field[0], encoded))
@@ -35,14 +52,16 @@ def replace(headers: Headers, name: bytes, value: str) -> None:
 
 
 def remove(headers: Headers, names: set[bytes] | frozenset[bytes]) -> None:
-    headers.fields = tuple(f for f in headers.fields if f[0].lower() not in names)
+    get = _LOWER.get
+    headers.fields = tuple(f for f in headers.fields if (get(f[0]) or lower(f[0])) not in names)
 
 
 def pick(headers: Headers, names: frozenset[bytes]) -> dict[bytes, str]:
     """The named headers' values in one pass, several of one name folded with ", "."""
     found: dict[bytes, str] = {}
+    get = _LOWER.get
     for name, value in headers.fields:
-        name = name.lower()
+        name = get(name) or lower(name)
         if name in names:
             text = value.decode("utf-8", "surrogateescape")
             found[name] = f"{found[name]}, {text}" if name in found else text

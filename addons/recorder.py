@@ -68,15 +68,25 @@ _REQUEST_ID = {name: module.REQUEST_ID_HEADER.encode() if module.REQUEST_ID_HEAD
 _EVENT_END = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
 
 
+# Chunks an SSE tap holds before reading them: enough for a whole short stream (read once, at
+# its end), small enough that a long one is read as it goes.
+MAX_HELD_FOR_READING = 64 * 1024
+
+
 class SSETap:
     """The `flow.response.stream` callable for SSE: returns each chunk as it came, reads a copy.
+
+    Passing a chunk on costs a list append: the copies are read in batches (at the stream's
+    end, or every MAX_HELD_FOR_READING bytes), where whole events the reader says it does not
+    need (most content deltas) are skipped unparsed, and it is the same to the reader whether
+    it saw each chunk as it came or them all at once.
 
     With `hide_event` (the metrion_stream_usage opt-in) it passes whole events instead, holding
     back an unfinished one, and drops the events `hide_event` names.
     """
 
     __slots__ = ("reader", "parser", "decode", "bytes", "broken", "hide_event", "held", "last_chunk_at",
-                 "needs")
+                 "needs", "unread", "unread_bytes")
     streamed = True
 
     def __init__(self, reader: providers.StreamReader, encoding: str, hide_event=None) -> None:
@@ -87,11 +97,12 @@ class SSETap:
         self.hide_event = hide_event if encoding in ("", "identity") else None
         self.held = b""
         self.last_chunk_at = 0.0
+        self.unread: list[bytes] = []
+        self.unread_bytes = 0
         try:
             self.decode = incremental_decoder(encoding)
         except ValueError as e:
             self.decode, self.broken = None, str(e)
-        # Whole events the reader says it does not need are not parsed (most chunks of a stream).
         self.needs = getattr(reader, "needs", None) if self.decode is None and self.hide_event is None else None
 
     def __call__(self, chunk: bytes):
@@ -99,10 +110,40 @@ class SSETap:
         if self.hide_event is not None:
             return self._filter(chunk)
         self.bytes += len(chunk)
-        if chunk and not (self.needs is not None and chunk[-2:] == b"\n\n" and self.parser.idle()
-                          and not self.needs(chunk)):
-            self._read(chunk)
+        self.unread.append(chunk)
+        self.unread_bytes += len(chunk)
+        if self.unread_bytes > MAX_HELD_FOR_READING:
+            self._read_unread()
         return chunk
+
+    def _read_unread(self) -> None:
+        data = b"".join(self.unread)
+        self.unread, self.unread_bytes = [], 0
+        if self.needs is None or self.broken is not None or not data:
+            self._read(data)
+            return
+        try:
+            self._read_needed(data)
+        except Exception as e:  # a garbled stream must still reach the client unchanged
+            self.broken = f"usage unreadable: {e!r}"[:300]
+
+    def _read_needed(self, data: bytes) -> None:
+        if not self.parser.idle():  # an event begun in an earlier batch: finish it first
+            cut = _event_end(data, 0)
+            if cut < 0:
+                self._read(data)
+                return
+            self._read(data[:cut])
+            data = data[cut:]
+        whole_end = _last_event_end(data)
+        whole, rest = data[:whole_end], data[whole_end:]
+        if whole and self.needs(whole):
+            needs = self.needs
+            for event in _split_events(whole):
+                if needs(event):
+                    self._read(event)
+        if rest:
+            self._read(rest)  # an unfinished event: the parser holds it for the next batch
 
     def _read(self, data: bytes) -> bool:
         """Feeds the usage reader; True when an event to hide was among those read."""
@@ -133,10 +174,41 @@ class SSETap:
         return kept
 
     def result(self, provider, path: str) -> tuple[str | None, Usage, str | None]:
+        if self.unread:
+            self._read_unread()
         usage = self.reader.usage()
         if self.broken:
             usage.note = self.broken
         return self.reader.model, usage, self.reader.error
+
+
+def _event_end(data: bytes, start: int) -> int:
+    """Where the first event ending at or after `start` ends (after its blank line), or -1."""
+    if b"\r" not in data:
+        at = data.find(b"\n\n", start)
+        return at + 2 if at >= 0 else -1
+    match = _EVENT_END.search(data, start)
+    return match.end() if match else -1
+
+
+def _last_event_end(data: bytes) -> int:
+    """Where the last whole event in `data` ends (0 when there is none)."""
+    if b"\r" not in data:
+        at = data.rfind(b"\n\n")
+        return at + 2 if at >= 0 else 0
+    ends = [m.end() for m in _EVENT_END.finditer(data)]
+    return ends[-1] if ends else 0
+
+
+def _split_events(whole: bytes) -> list[bytes]:
+    """Whole events, each with its blank line, from bytes that end with one."""
+    if b"\r" not in whole:
+        return [event + b"\n\n" for event in whole.split(b"\n\n") if event]
+    events, start = [], 0
+    for match in _EVENT_END.finditer(whole):
+        events.append(whole[start:match.end()])
+        start = match.end()
+    return events
 
 
 class BodyTap:
@@ -174,15 +246,17 @@ class BodyTap:
         return read_body(provider, path, b"".join(self.chunks), self.encoding)
 
 
-def read_body(provider, path: str, raw: bytes, encoding: str) -> tuple[str | None, Usage, str | None]:
-    """Model, usage and error message of a whole (possibly compressed) JSON body."""
+def read_body(provider, path: str, raw: bytes, encoding: str,
+              errors: bool = True) -> tuple[str | None, Usage, str | None]:
+    """Model, usage and error message of a whole (possibly compressed) JSON body (the error
+    message only with `errors`: a success has none worth looking for)."""
     try:
         decode = incremental_decoder(encoding) if encoding else None
         body = providers.loads(decode(raw) if decode else raw)
     except (ValueError, zlib.error, RecursionError) as e:
         return None, Usage(note=f"not read: body is not JSON ({type(e).__name__})"), None
     model, usage = provider.read_json(path, body)
-    return model, usage, upstream_error_message(body)
+    return model, usage, upstream_error_message(body) if errors else None
 
 
 def fields_at_the_edges(head: bytes, tail: bytes) -> dict:
@@ -252,77 +326,89 @@ class Recorder:
             row = build_row(flow, meta)
         except Exception as e:  # never lose the row to a parsing bug: keep what is certain
             logger.error("metrion: could not read the response of %s: %r", flow.request.path.split("?")[0], e)
-            row = base_row(flow, meta)
-            row["error"] = f"metrion could not read the response: {e!r}"[:300]
+            row = build_row(flow, meta, read=False, error=f"metrion could not read the response: {e!r}"[:300])
         self.store.put_row(row)
 
 
-def base_row(flow: http.HTTPFlow, meta: dict) -> dict:
-    request, response = flow.request, flow.response
+_NO_USAGE = (None,) * 8  # input_tokens .. usage_note
+
+
+def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | None = None) -> tuple:
+    """The request's row: its values in `metrion_cli.writer.REQUEST_COLUMNS` order, then the
+    month Quota counted it in. A tuple, built once per request: this runs for every request.
+    `read=False` keeps to what is certain (no body or stream read)."""
+    request, response = flow.request.data, flow.response
     arrived = request.timestamp_start
-    ended = (response.timestamp_end if response and response.timestamp_end else None) or time.time()
-    return {
-        "ts": iso_from_epoch(arrived),
-        "account_id": meta.get("account_id"),
-        "token_id": meta.get("token_id"),
-        "provider": meta.get("provider"),
-        "method": request.method,
-        "endpoint": request.path.split("?", 1)[0][:500],
-        "status": response.status_code if response else meta.get("status"),
-        "streamed": 0,
-        "forwarded": 0 if meta.get("refused") or not meta.get("provider") else 1,
-        "ttfb_ms": round((response.timestamp_start - arrived) * 1000, 3) if response and response.timestamp_start else None,
-        "latency_ms": round((ended - arrived) * 1000, 3),
-        "request_bytes": len(request.raw_content) if request.raw_content is not None else None,
-        "requester": meta.get("requester"),
-        "mode": meta.get("mode"),
-        "key_fingerprint": meta.get("key_fingerprint"),
-        "error": meta.get("error"),
-        "client_aborted": 0,
-        "month": meta.get("month"),
-    }
-
-
-def build_row(flow: http.HTTPFlow, meta: dict) -> dict:
-    row = base_row(flow, meta)
     provider_name = meta.get("provider")
-    if not provider_name:
-        return row
-    provider = providers.get(provider_name)
-    response = flow.response
-    model: str | None = None
-    usage = Usage()
-    tap: SSETap | BodyTap | None = meta.get("tap")
-    facts = {}
+    status = meta.get("status")
+    ttfb_ms = ended = None
     if response is not None:
-        # From the responseheaders hook; a response Metrion made itself did not pass there, and
-        # a compressed one may have been decoded since (by a mitmdump script): read again.
-        facts = meta.get("response_facts")
-        if not facts or b"content-encoding" in facts:
-            facts = headers.pick(response.headers, _FACT_HEADERS[provider_name])
-        request_id = _REQUEST_ID[provider_name]
-        if request_id is not None:
-            row["upstream_request_id"] = facts.get(request_id)
-    upstream_error = None
-    if tap is not None:
-        row["streamed"] = int(tap.streamed)
-        row["response_bytes"] = tap.bytes
-        model, usage, upstream_error = tap.result(provider, flow.request.path)
-    elif response is not None and response.raw_content is not None and not meta.get("refused"):
-        row["response_bytes"] = len(response.raw_content)
-        model, usage, upstream_error = read_body(
-            provider, flow.request.path, response.raw_content, facts.get(b"content-encoding", ""))
-    if upstream_error and not row["error"] and (row["streamed"] or response.status_code >= 400):
-        row["error"] = upstream_error
-    if flow.error:
-        row["error"] = (meta.get("upstream_error") or flow.error.msg)[:500]
-        row["client_aborted"] = int(flow.client_conn.timestamp_end is not None
-                                    or flow.error.msg.startswith("Client disconnected"))
-    if model is None:
-        model = provider.model_from_request(flow.request.path, json_object(flow.request.raw_content or b""))
-    row["model"] = model
-    row.update(usage.as_row())
-    return row
+        status = response.data.status_code
+        if response.data.timestamp_start:
+            ttfb_ms = round((response.data.timestamp_start - arrived) * 1000, 3)
+        ended = response.data.timestamp_end
+    model = usage = request_id = response_bytes = None
+    streamed = client_aborted = 0
+    if error is None:
+        error = meta.get("error")
+    if provider_name and read:
+        provider = providers.get(provider_name)
+        tap: SSETap | BodyTap | None = meta.get("tap")
+        facts = {}
+        if response is not None:
+            # From the responseheaders hook; a response Metrion made itself did not pass
+            # there, and a compressed one may have been decoded since (by a mitmdump script):
+            # read again.
+            facts = meta.get("response_facts")
+            if not facts or b"content-encoding" in facts:
+                facts = headers.pick(response.headers, _FACT_HEADERS[provider_name])
+            request_id_header = _REQUEST_ID[provider_name]
+            if request_id_header is not None:
+                request_id = facts.get(request_id_header)
+        upstream_error = None
+        if tap is not None:
+            streamed = int(tap.streamed)
+            response_bytes = tap.bytes
+            model, usage, upstream_error = tap.result(provider, flow.request.path)
+        elif response is not None and response.data.content is not None and not meta.get("refused"):
+            response_bytes = len(response.data.content)
+            model, usage, upstream_error = read_body(
+                provider, flow.request.path, response.data.content, facts.get(b"content-encoding", ""),
+                errors=status >= 400)
+        if upstream_error and not error and (streamed or status >= 400):
+            error = upstream_error
+        if flow.error:
+            error = (meta.get("upstream_error") or flow.error.msg)[:500]
+            client_aborted = int(flow.client_conn.timestamp_end is not None
+                                 or flow.error.msg.startswith("Client disconnected"))
+        if model is None:
+            model = provider.model_from_request(flow.request.path, json_object(request.content or b""))
+    if ended is None:
+        ended = time.time()
+    return (
+        iso_from_epoch(arrived),                          # ts
+        meta.get("account_id"),
+        meta.get("token_id"),
+        provider_name,
+        request.method.decode("utf-8", "surrogateescape").upper(),
+        request.path.split(b"?", 1)[0].decode("utf-8", "surrogateescape")[:500],  # endpoint
+        model,
+        status,
+        streamed,
+        0 if meta.get("refused") or not provider_name else 1,  # forwarded
+        *(usage.values() if usage is not None else _NO_USAGE),  # input_tokens .. usage_note
+        ttfb_ms,
+        round((ended - arrived) * 1000, 3),               # latency_ms
+        len(request.content) if request.content is not None else None,  # request_bytes
+        response_bytes,
+        meta.get("requester"),
+        meta.get("mode"),
+        meta.get("key_fingerprint"),
+        request_id,                                       # upstream_request_id
+        error,
+        client_aborted,
+        meta.get("month"),
+    )
 
 
 def upstream_error_message(body) -> str | None:

@@ -73,7 +73,7 @@ class Router:
     def __init__(self, store=None) -> None:
         self.store = store
         self.by_upstream: dict[str, str] = index_upstreams([])
-        self._by_mode: dict[str, str | None] = {}  # listener's mode spec -> provider
+        self._by_mode: dict[int, tuple] = {}  # id(listener's mode) -> (mode, provider)
         self.fixed_headers = {name: {k.encode(): v for k, v in module.FIXED_REQUEST_HEADERS.items()}
                               for name, module in providers.PROVIDERS.items()}
         self.stream_usage = False
@@ -113,10 +113,15 @@ class Router:
     def route(self, flow: http.HTTPFlow) -> str | None:
         """The provider this flow's listener serves, or None."""
         mode = flow.client_conn.proxy_mode
-        if mode.full_spec not in self._by_mode:
-            self._by_mode[mode.full_spec] = (
-                self.by_upstream.get(_normalise(mode.data)) if isinstance(mode, ReverseMode) else None)
-        return self._by_mode[mode.full_spec]
+        # A listener's connections share its mode object: found by identity first (the
+        # mode is kept in the entry, so a freed one's id cannot be mistaken for it).
+        entry = self._by_mode.get(id(mode))
+        if entry is None or entry[0] is not mode:
+            if len(self._by_mode) > 1000:
+                self._by_mode.clear()
+            entry = self._by_mode[id(mode)] = (
+                mode, self.by_upstream.get(_normalise(mode.data)) if isinstance(mode, ReverseMode) else None)
+        return entry[1]
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -127,11 +132,12 @@ class Router:
         provider = self.route(flow)
         headers = flow.request.headers
         ours = None
+        lower = fast_headers.lower
         for name, _ in headers.fields:
-            if name[:1] in b"xX" and name[:10].lower() == b"x-metrion-":  # the cheap test first
+            if name[:1] in b"xX" and lower(name)[:10] == b"x-metrion-":  # the cheap test first
                 if ours is None:
                     ours = set()
-                ours.add(name.lower())
+                ours.add(lower(name))
         if ours:
             values = fast_headers.pick(headers, frozenset(ours))
             requester = values.get(b"x-metrion-user")

@@ -128,9 +128,10 @@ class Store:
             return None
         return directorymod.load(self.paths, self.vault)
 
-    def put_row(self, row: dict) -> None:
+    def put_row(self, row: tuple) -> None:
+        """A row as `Writer.put_values` takes it."""
         if self.writer is not None:
-            self.writer.put(row)
+            self.writer.put_values(row)
 
     def done(self) -> None:
         if self._reloader is not None:

@@ -73,13 +73,20 @@ class Writer:
         return self
 
     def put(self, row: dict) -> None:
+        """A row as a dict keyed by REQUEST_COLUMNS (missing ones are NULL), plus an optional
+        "month" (YYYY-MM) it counts in."""
+        self.put_values((*map(row.get, REQUEST_COLUMNS), row.get("month")))
+
+    def put_values(self, values: tuple) -> None:
+        """A row as a tuple: the REQUEST_COLUMNS values in order, then the month it counts in
+        (the one Quota counted it in, by its clock), or None for the month of its ts. The
+        proxy's form: no dict built and taken apart again per request."""
         if len(self._queue) + len(self._pending) >= self.max_queued:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 logger.error("metrion writer: queue full, %d rows dropped so far", self.dropped)
             return
-        # The month a request counts in is the one Quota counted it in (its clock), else its ts.
-        self._queue.append((*map(row.get, REQUEST_COLUMNS), row.get("month") or row["ts"][:7]))
+        self._queue.append(values)
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -158,7 +165,7 @@ class Writer:
                 latency[(row[_TS][:10], row[_PROVIDER], row[_MODEL] or "", upper_ms(bucket_of(row[_LATENCY])))] += 1
             if row[_ACCOUNT] is None:
                 continue
-            totals = usage.setdefault((row[_ACCOUNT], row[-1]), [0, 0, 0])
+            totals = usage.setdefault((row[_ACCOUNT], row[-1] or row[_TS][:7]), [0, 0, 0])
             totals[0] += 1 if row[_FORWARDED] else 0
             totals[1] += row[_INPUT] or 0
             totals[2] += row[_OUTPUT] or 0

@@ -48,7 +48,7 @@ class CredentialSlot(NamedTuple):
 _HEADER_BYTES = {name: name.encode() for name in ("authorization", "x-api-key", "x-goog-api-key")}
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     """Token counts normalised to one meaning per column (see the `requests` table)."""
 
@@ -61,14 +61,11 @@ class Usage:
     raw: dict | None = None   # the provider's own usage object
     note: str | None = None   # why counts are missing, when they are
 
-    def as_row(self) -> dict[str, Any]:
-        return {
-            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "cached_tokens": self.cached_tokens, "cache_write_tokens": self.cache_write_tokens,
-            "reasoning_tokens": self.reasoning_tokens, "total_tokens": self.total_tokens,
-            "usage_raw": dumps(self.raw) if self.raw is not None else None,
-            "usage_note": self.note,
-        }
+    def values(self) -> tuple:
+        """The `requests` columns input_tokens .. usage_note, in the table's order."""
+        return (self.input_tokens, self.output_tokens, self.cached_tokens, self.cache_write_tokens,
+                self.reasoning_tokens, self.total_tokens,
+                dumps(self.raw) if self.raw is not None else None, self.note)
 
 
 class StreamReader(Protocol):
@@ -119,12 +116,13 @@ ERROR_STATUS = {
 
 
 def as_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    # `type() is`: JSON gives exact ints, and True (an int subclass) is not a count.
+    return value if type(value) is int else None
 
 
 def dig(obj: Any, *keys: str) -> Any:
     for key in keys:
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             return None
         obj = obj.get(key)
     return obj

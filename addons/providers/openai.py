@@ -2,7 +2,7 @@
 
 import json
 
-from . import CredentialSlot, Usage, as_int, dig, json_object
+from . import CredentialSlot, Usage, as_int, json_object
 
 NAME = "openai"
 DEFAULT_UPSTREAM = "https://api.openai.com"
@@ -49,22 +49,29 @@ def model_from_request(path: str, body: dict | None) -> str | None:
     return model if isinstance(model, str) else None
 
 
+_RESPONSES_KEYS = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
+_CHAT_KEYS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
+_NO_DETAILS: dict = {}
+
+
 def normalise(usage: dict) -> Usage:
     """Chat and embeddings report prompt/completion tokens; Responses reports input/output."""
-    if "input_tokens" in usage or "output_tokens" in usage:
-        input_key, output_key, input_details, output_details = (
-            "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
-    else:
-        input_key, output_key, input_details, output_details = (
-            "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
+    input_key, output_key, input_details, output_details = (
+        _RESPONSES_KEYS if "input_tokens" in usage or "output_tokens" in usage else _CHAT_KEYS)
+    details_in = usage.get(input_details)
+    if type(details_in) is not dict:
+        details_in = _NO_DETAILS
+    details_out = usage.get(output_details)
+    if type(details_out) is not dict:
+        details_out = _NO_DETAILS
     return Usage(
-        input_tokens=as_int(usage.get(input_key)),
-        output_tokens=as_int(usage.get(output_key)),
-        cached_tokens=as_int(dig(usage, input_details, "cached_tokens")),
-        cache_write_tokens=as_int(dig(usage, input_details, "cache_write_tokens")),
-        reasoning_tokens=as_int(dig(usage, output_details, "reasoning_tokens")),
-        total_tokens=as_int(usage.get("total_tokens")),
-        raw=usage,
+        as_int(usage.get(input_key)),
+        as_int(usage.get(output_key)),
+        as_int(details_in.get("cached_tokens")),
+        as_int(details_in.get("cache_write_tokens")),
+        as_int(details_out.get("reasoning_tokens")),
+        as_int(usage.get("total_tokens")),
+        usage,
     )
 
 

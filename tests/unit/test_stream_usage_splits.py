@@ -35,7 +35,8 @@ def tap_through(provider: str, path: str, chunks: list[bytes]):
     tap = SSETap(providers.get(provider).stream_reader(path), "")
     out = b"".join(tap(chunk) for chunk in chunks)
     tap(b"")
-    return out, tap.reader.usage(), tap.reader.model
+    model, usage, _ = tap.result(providers.get(provider), path)
+    return out, usage, model
 
 
 @pytest.mark.parametrize("provider", list(STREAMS))
