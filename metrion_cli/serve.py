@@ -6,6 +6,7 @@ the one module of metrion_cli that imports `addons`, and it does so inside `run(
 """
 
 import asyncio
+import dataclasses
 import gc
 import inspect
 import signal
@@ -111,6 +112,7 @@ class FlowHookDispatch:
         self._update_hook = hooks.UpdateHook
         self._hooks: dict[str, list] = {}
         self._built_for: tuple = ()
+        self._arg_names: dict[type, list[str]] = {}
 
     def install(self) -> "FlowHookDispatch":
         self.manager.handle_lifecycle = self.handle_lifecycle
@@ -150,30 +152,63 @@ class FlowHookDispatch:
     async def handle_lifecycle(self, event) -> None:
         funcs = self.hooks(event.name)
         if funcs:
-            await self._call(funcs, event.args())
+            pending = self._call(funcs, self._args(event))
+            if pending is not None:
+                await pending
         updates = self.hooks("update")
         if updates:
-            message = event.args()[0]
+            message = self._args(event)[0]
             if isinstance(message, self._flow_type):
-                await self._call(updates, self._update_hook([message]).args())
+                pending = self._call(updates, self._args(self._update_hook([message])))
+                if pending is not None:
+                    await pending
 
-    async def _call(self, funcs: list, args: list) -> None:
-        failed = -1  # the top-level addon whose hook raised: its sub-addons' hooks are skipped
-        for index, func in funcs:
+    def _args(self, event) -> list:
+        """`event.args()`, with the field names looked up once per event type (mitmproxy asks
+        `dataclasses.fields()` on every call)."""
+        names = self._arg_names.get(type(event))
+        if names is None:
+            names = self._arg_names[type(event)] = [f.name for f in dataclasses.fields(event)]
+        return [getattr(event, name) for name in names]
+
+    def _call(self, funcs: list, args: list, start: int = 0, failed: int = -1):
+        """Calls the hooks from `start` on, synchronously: no coroutine per event for hooks
+        that return nothing (most). When one returns an awaitable, returns a coroutine that
+        awaits it and goes on with the rest."""
+        # failed: the top-level addon whose hook raised; its sub-addons' hooks are skipped.
+        for at in range(start, len(funcs)):
+            index, func = funcs[at]
             if index == failed:
                 continue
             try:
                 result = func(*args)
                 if result is not None and inspect.isawaitable(result):
-                    await result
+                    return self._finish(result, funcs, args, at, index)
             except self._halt:
-                return
+                return None
             except Exception:
                 failed = index
-                # Logged by mitmproxy's own safecall (which lets OptionsError through, as
-                # mitmproxy's loop does); entered only on an error, as it costs ~1.5 µs a call.
-                with self._safecall():
-                    raise
+                self._log_error()
+        return None
+
+    async def _finish(self, awaitable, funcs: list, args: list, at: int, index: int) -> None:
+        failed = -1
+        try:
+            await awaitable
+        except self._halt:
+            return
+        except Exception:
+            failed = index
+            self._log_error()
+        pending = self._call(funcs, args, at + 1, failed)
+        if pending is not None:
+            await pending
+
+    def _log_error(self) -> None:
+        # Logged by mitmproxy's own safecall (which lets OptionsError through, as mitmproxy's
+        # loop does); entered only on an error, as it costs ~1.5 µs a call.
+        with self._safecall():
+            raise
 
 
 def _raiser(error: Exception):
