@@ -58,6 +58,7 @@ class Credentials:
         self.store = store
         self._unknown: dict[str, float] = {}  # token sha256 -> when to look again
         self._hashes: dict[str, str] = {}     # token -> sha256, bounded
+        self._fingerprints: dict[tuple[bytes, str], str] = {}  # (secret, pass-through key) -> fingerprint, bounded
 
     def request(self, flow: http.HTTPFlow):
         """Synchronous when the snapshot knows the request's tokens (nearly always); else a
@@ -111,6 +112,15 @@ class Credentials:
             sha = self._hashes[token] = hash_token(token)
         return sha
 
+    def _fingerprint(self, secret: bytes, key: str) -> str:
+        """The key's fingerprint, an HMAC made once per key and secret (as `_hash` for tokens)."""
+        fp = self._fingerprints.get((secret, key))
+        if fp is None:
+            if len(self._fingerprints) > 10_000:
+                self._fingerprints.clear()
+            fp = self._fingerprints[(secret, key)] = fingerprint(secret, key)
+        return fp
+
     def _authorise(self, flow: http.HTTPFlow, meta: dict, provider, found) -> None:
         directory = self.store.directory
         if not found:
@@ -144,7 +154,7 @@ class Credentials:
             put_credential(flow, slot, stored.key)
             return
         meta["mode"] = "passthrough"
-        meta["key_fingerprint"] = key_fp = fingerprint(directory.instance_secret, credential)
+        meta["key_fingerprint"] = key_fp = self._fingerprint(directory.instance_secret, credential)
         claimed = meta.get("metrion_token")
         if claimed:
             token = directory.tokens.get(self._hash(claimed))

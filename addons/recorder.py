@@ -137,11 +137,18 @@ class SSETap:
             data = data[cut:]
         whole_end = _last_event_end(data)
         whole, rest = data[:whole_end], data[whole_end:]
-        if whole and self.needs(whole):
-            needs = self.needs
-            for event in _split_events(whole):
-                if needs(event):
-                    self._read(event)
+        needs = self.needs
+        if whole and needs(whole):
+            # The first event alone first: it often holds what the reader lacked (the model),
+            # after which the rest may all go unparsed.
+            first_end = _event_end(whole, 0)
+            if needs(whole[:first_end]):
+                self._read(whole[:first_end])
+            others = whole[first_end:]
+            if others and needs(others):
+                for event in _split_events(others):
+                    if needs(event):
+                        self._read(event)
         if rest:
             self._read(rest)  # an unfinished event: the parser holds it for the next batch
 
