@@ -72,7 +72,7 @@ class Settings:
     writer_runs: int = 3
     dashboard_rows: int = 1_000_000
     pin: bool = True
-    soak_all: bool = False      # also soak bare-mitmdump (adds about two minutes)
+    soak_all: bool = False      # also soak the baselines, lean-master and bare-mitmdump (about two minutes each)
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -350,7 +350,7 @@ class Bench:
             PYTHON, str(BENCH / "lean_master.py"), "--upstream", self.fake_url, "--port", str(port),
             "--confdir", str(self.tmp / "lean-conf")], port=port)
         self.targets.append(Target("lean-master", f"http://127.0.0.1:{port}", f"Bearer {STORED_KEY}",
-                                   proc, soak=True))
+                                   proc, soak=self.s.soak_all))
 
         # The same lean Master streaming SSE through (flow.response.stream = True), as Metrion
         # streams: the streaming target's baseline. The one above buffers SSE bodies.
@@ -932,7 +932,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, help="runs per figure (default 3)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 5)")
     p.add_argument("--soak-requests", type=int, help="requests in the memory soak (default 100,000)")
-    p.add_argument("--soak-all", action="store_true", help="also soak bare-mitmdump")
+    p.add_argument("--soak-all", action="store_true",
+                   help="also soak the baselines (lean-master, bare-mitmdump): about two minutes each")
     p.add_argument("--wait-idle", type=int, default=0, metavar="SECONDS",
                    help="first wait up to SECONDS for the machine to be idle (a shared machine)")
     p.add_argument("--no-nice", action="store_true", help="do not raise the bench's priority (nice -10)")
