@@ -229,6 +229,8 @@ FIGURES = [
     Fig("c16_p99", "c=16 p99 latency", "ms", "delta"),
     Fig("paired_rpc", "c=16 paired with lean-master: requests per CPU-second", "/s", "ratio", 0),
     Fig("s4_rps", "stream (20 chunks) c=4 requests/s", "/s", "ratio", 0),
+    Fig("paired_stream_rpc", "stream c=4 paired with lean-master-streaming: requests per CPU-second", "/s",
+        "ratio", 0),
     Fig("ttfb", "stream time to first byte, median of probe", "ms", "delta"),
     Fig("rss_idle", "RSS idle", "MB", "delta", 1),
     Fig("rss_load", "RSS after the load above", "MB", "delta", 1),
@@ -256,7 +258,7 @@ class Results:
         self.warnings: list[str] = []
         self.info: list[str] = []
         self.soak: dict[str, dict] = {}
-        self.paired_ratios: dict[str, list[float]] = {}  # Metrion target -> its rounds' ratios
+        self.paired_ratios: dict[str, list[float]] = {}  # paired figure -> metrion-stored's rounds' ratios
 
     def add(self, key: str, target: str, value: float) -> None:
         self.values.setdefault((key, target), []).append(value)
@@ -494,38 +496,46 @@ class Bench:
             res.warnings.append(f"{t.name}, ttfb probe: {p['failed']} failed requests")
         self.settle(t, minimum=0.3)
 
+    # Pairs loaded at the same time: (figure, baseline, connections, wrk mode).
+    PAIRS = (("paired_rpc", "lean-master", 16, "json"),
+             ("paired_stream_rpc", "lean-master-streaming", 4, "stream"))
+
     def paired(self) -> None:
-        """Metrion and the lean Master under the same c=16 load at the same time, both on the
-        proxy core: what each spends per request, under the same conditions.
+        """Metrion and its baseline under the same load at the same time, both on the proxy
+        core: what each spends per request, under the same conditions. Once for c=16 JSON
+        against the lean Master, once for c=4 streams against the lean Master streaming.
 
         Runs one after the other see the machine differ (on this kind of VM, the same code's
         requests/s varies by up to 14% from run to run); two processes measured at once see the
         same neighbours. Each round starts both wrk runs together and reads each proxy's CPU time
         (all threads, /proc) before and after: requests per CPU-second."""
-        lean = next((t for t in self.targets if t.name == "lean-master"), None)
-        if lean is None or lean.proc is None:
-            return
+        by_name = {t.name: t for t in self.targets}
         # Stored mode only: pass-through is the same process, and its own rounds would give the
-        # lean Master a second set of figures.
-        t = next((t for t in self.targets if t.name == "metrion-stored"), None)
+        # baseline a second set of figures.
+        t = by_name.get("metrion-stored")
         if t is None or t.proc is None:
             return
-        ratios = self.results.paired_ratios.setdefault(t.name, [])
-        for _ in range(self.s.paired_rounds):
-            self.settle(t)
-            self.settle(lean)
-            rates = self.paired_round([lean, t])
-            if rates is None:
-                break
-            self.results.add("paired_rpc", lean.name, rates[0])
-            self.results.add("paired_rpc", t.name, rates[1])
-            ratios.append(rates[1] / rates[0])
+        for key, base_name, connections, mode in self.PAIRS:
+            base = by_name.get(base_name)
+            if base is None or base.proc is None:
+                continue
+            ratios = self.results.paired_ratios.setdefault(key, [])
+            for _ in range(self.s.paired_rounds):
+                self.settle(t)
+                self.settle(base)
+                rates = self.paired_round([base, t], key, connections, mode)
+                if rates is None:
+                    break
+                self.results.add(key, base.name, rates[0])
+                self.results.add(key, t.name, rates[1])
+                ratios.append(rates[1] / rates[0])
 
-    def paired_round(self, targets: list[Target]) -> list[float] | None:
+    def paired_round(self, targets: list[Target], key: str, connections: int, mode: str) -> list[float] | None:
         seconds = self.s.duration
         before = [t.proc.cpu_seconds() for t in targets]
         runs = [subprocess.Popen(
-            ["wrk", "-t1", "-c16", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, t.url, "--", t.auth, "json"],
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, t.url, "--",
+             t.auth, mode],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             preexec_fn=_child_setup(self.load_cpus, True)) for t in targets]
         try:
@@ -545,8 +555,8 @@ class Bench:
             t.served += result["requests"]
             errors = {k: v for k, v in result["errors"].items() if v}
             if errors:
-                self.results.flags[("paired_rpc", t.name)] = "⚠"
-                self.results.warnings.append(f"{t.name}, paired: " + ", ".join(
+                self.results.flags[(key, t.name)] = "⚠"
+                self.results.warnings.append(f"{t.name}, paired {mode}: " + ", ".join(
                     f"{v} {'non-2xx' if k == 'status' else k}" for k, v in errors.items()))
             if cpu <= 0:
                 self.results.warnings.append(f"{t.name}, paired: no CPU time read; rounds stopped")
@@ -605,7 +615,7 @@ class Bench:
                 self.load_round(t)
         for t in self.targets:
             self.memory("rss_load", t)
-        print("paired: metrion-stored and lean-master loaded at once", flush=True)
+        print("paired: metrion-stored and its baselines loaded at once", flush=True)
         self.paired()
         for t in self.targets:
             if t.streaming_only:
@@ -785,13 +795,17 @@ def targets_section(res: Results) -> list[str]:
          f"rps at c=16 ≥ 90% of lean-master: {s or 0:.0f}% ({m('c16_rps', 'metrion-stored') or 0:,.0f} vs "
          f"{m('c16_rps', 'lean-master') or 0:,.0f} /s) [{p or 0:.0f}%]")
 
-    paired = {t: sorted(v) for t, v in res.paired_ratios.items() if v}
-    if "metrion-stored" in paired:
-        v = paired["metrion-stored"]
-        out.append(
-            f"  - the same, both loaded at once (same machine conditions; requests per CPU-second, median "
-            f"of {len(v)} rounds' ratios, metrion-stored only): {statistics.median(v) * 100:.0f}% "
-            f"({v[0] * 100:.0f}–{v[-1] * 100:.0f}%)")
+    paired = {key: sorted(v) for key, v in res.paired_ratios.items() if v}
+
+    def paired_line(key: str) -> None:
+        if key in paired:
+            v = paired[key]
+            out.append(
+                f"  - the same, both loaded at once (same machine conditions; requests per CPU-second, median "
+                f"of {len(v)} rounds' ratios, metrion-stored only): {statistics.median(v) * 100:.0f}% "
+                f"({v[0] * 100:.0f}–{v[-1] * 100:.0f}%)")
+
+    paired_line("paired_rpc")
 
     def added(t: str) -> float | None:
         a, b = m("c1_p50", t), m("c1_p50", "lean-master")
@@ -811,6 +825,7 @@ def targets_section(res: Results) -> list[str]:
          f"streaming rps at c=4 ≥ 90% of {base}: {s or 0:.0f}% ({m('s4_rps', 'metrion-stored') or 0:,.0f} vs "
          f"{m('s4_rps', base) or 0:,.0f} /s) [{p or 0:.0f}%]; for information, lean-master buffering the "
          f"stream: {m('s4_rps', 'lean-master') or 0:,.0f} /s ({b or 0:.0f}%)")
+    paired_line("paired_stream_rpc")
 
     soak = res.soak.get("metrion-stored")
     g = soak and soak["growth_mb_per_100k"]
