@@ -51,6 +51,8 @@ def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str
 # A token not in the snapshot triggers one reload (it may be seconds old); a token still unknown
 # after that is not looked for again for this long, so garbage tokens cannot hammer the database.
 UNKNOWN_TOKEN_TTL = 1.0
+# Provider keys are under ~200 characters; a longer credential is not worth keeping.
+MAX_CACHED_KEY_CHARS = 256
 
 
 class Credentials:
@@ -113,12 +115,15 @@ class Credentials:
         return sha
 
     def _fingerprint(self, secret: bytes, key: str) -> str:
-        """The key's fingerprint, an HMAC made once per key and secret (as `_hash` for tokens)."""
+        """The key's fingerprint, an HMAC made once per key and secret (as `_hash` for tokens).
+        Only key-sized values are kept: junk of any length is fingerprinted each time."""
         fp = self._fingerprints.get((secret, key))
         if fp is None:
-            if len(self._fingerprints) > 10_000:
-                self._fingerprints.clear()
-            fp = self._fingerprints[(secret, key)] = fingerprint(secret, key)
+            fp = fingerprint(secret, key)
+            if len(key) <= MAX_CACHED_KEY_CHARS:
+                if len(self._fingerprints) > 10_000:
+                    self._fingerprints.clear()
+                self._fingerprints[(secret, key)] = fp
         return fp
 
     def _authorise(self, flow: http.HTTPFlow, meta: dict, provider, found) -> None:

@@ -10,17 +10,22 @@ from mitmproxy.http import Headers
 
 # Header names as they came -> lower case. Clients and providers send the same few names in
 # the same case on every message, so one dict lookup replaces a `lower()` (and its new bytes
-# object) per field. Bounded: a client sending made-up names cannot grow it without end.
+# object) per field. Bounded in count and in name length.
+# Names longer than _LOWER_LONGEST are lower-cased each time, never kept: a client cannot pin
+# large names in memory through it.
 _LOWER: dict[bytes, bytes] = {}
 _LOWER_MAX = 4096
+_LOWER_LONGEST = 64
 
 
 def lower(name: bytes) -> bytes:
     low = _LOWER.get(name)
     if low is None:
-        if len(_LOWER) >= _LOWER_MAX:
-            _LOWER.clear()
-        low = _LOWER[name] = name.lower()
+        low = name.lower()
+        if len(name) <= _LOWER_LONGEST:
+            if len(_LOWER) >= _LOWER_MAX:
+                _LOWER.clear()
+            _LOWER[name] = low
     return low
 
 

@@ -65,7 +65,9 @@ _FACT_HEADERS = {
 # The request-id header's name as the facts above key it, per provider (None: it sends none).
 _REQUEST_ID = {name: module.REQUEST_ID_HEADER.encode() if module.REQUEST_ID_HEADER else None
                for name, module in providers.PROVIDERS.items()}
-_EVENT_END = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
+# An event ends at a blank line: two line ends in a row. A CR directly followed by LF is one
+# line end (CRLF), never two: without the lookahead a single CRLF would end an event.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
 
 
 # Chunks an SSE tap holds before reading them: enough for a whole short stream (read once, at

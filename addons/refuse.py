@@ -1,6 +1,7 @@
 """Answering a request in its provider's own error shape, so the SDKs raise their usual errors."""
 
 import logging
+import traceback
 
 from mitmproxy import http
 
@@ -26,6 +27,11 @@ def refuse(flow: http.HTTPFlow, kind: str, message: str, headers: dict[str, str]
 
 
 def fail_closed(flow: http.HTTPFlow, addon: str, exc: BaseException) -> None:
-    """An addon's own bug must never let a request through: answer 500 instead."""
-    logger.error("metrion: %s failed on %s %s: %r", addon, flow.request.method, flow.request.path.split("?")[0], exc)
+    """An addon's own bug must never let a request through: answer 500 instead.
+
+    The log names the exception's type and where it was raised, never its message: a message
+    may quote the credential being handled (a UnicodeEncodeError quotes the whole string)."""
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    logger.error("metrion: %s failed on %s %s: %s%s", addon, flow.request.method, flow.request.path.split("?")[0],
+                 type(exc).__name__, f" at {where.filename}:{where.lineno}" if where else "")
     refuse(flow, "internal", f"internal error in {addon}; the request was not forwarded")

@@ -231,4 +231,6 @@ class Vault:
 
 
 def fingerprint(secret: bytes, key: str) -> str:
-    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:16]
+    # surrogateescape: a header's bytes that are not UTF-8 arrive as surrogates, and must give
+    # a fingerprint, not an exception whose message would carry the key.
+    return hmac.new(secret, key.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]

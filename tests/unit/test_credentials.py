@@ -90,3 +90,13 @@ def test_the_same_token_in_several_headers_leaves_only_the_stored_key(data_dir):
     assert flow.request.headers.get_all("x-api-key") == [anthropic_key]
     assert "authorization" not in flow.request.headers
     assert token not in str(flow.request.headers)
+
+
+def test_a_pass_through_key_with_bytes_that_are_not_utf8_is_fingerprinted_not_logged(setup, caplog):
+    _, _, router, credentials, _ = setup
+    flow = openai_flow()
+    flow.request.headers.fields = (*flow.request.headers.fields, (b"authorization", b"Bearer sk-unit-odd-key\xff"))
+    run(router, credentials, flow)
+    assert flow.response is None and flow.metadata["metrion"]["mode"] == "passthrough"
+    assert len(flow.metadata["metrion"]["key_fingerprint"]) == 16
+    assert "sk-unit-odd-key" not in caplog.text

@@ -74,3 +74,28 @@ def test_skipping_unneeded_events_reads_what_parsing_every_event_reads(provider)
     read_by_event = by_event.result(providers.get(provider), path)
     assert read_by_event == by_byte.result(providers.get(provider), path)
     assert read_by_event[0] and read_by_event[1].input_tokens is not None
+
+
+def test_crlf_events_with_several_lines_are_read_whole():
+    """A CRLF line end inside an event is not the event's end (it once was, in batches)."""
+    stream = (b'event: response.created\r\ndata: {"type":"response.created","response":{"model":"gpt-4o",'
+              b'"usage":null}}\r\n\r\nevent: response.completed\r\ndata: {"type":"response.completed",'
+              b'"response":{"model":"gpt-4o","usage":{"input_tokens":5,"output_tokens":7,"total_tokens":12}}}'
+              b'\r\n\r\n')
+    for cut in range(len(stream) + 1):
+        out, usage, model = tap_through("openai", "/v1/responses", [stream[:cut], stream[cut:]])
+        assert out == stream
+        assert (usage.input_tokens, usage.output_tokens, usage.total_tokens, model) == (5, 7, 12, "gpt-4o")
+
+
+def test_hidden_usage_event_with_crlf_lines_leaves_the_rest_intact():
+    from addons.providers import openai
+    chunks = [b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"hi"}}]}\r\n\r\n',
+              b'data: {"model":"gpt-4o","choices":[],\r\ndata: "usage":{"prompt_tokens":3,"completion_tokens":4,'
+              b'"total_tokens":7}}\r\n\r\n',
+              b'data: [DONE]\r\n\r\n']
+    tap = SSETap(providers.get("openai").stream_reader("/v1/chat/completions"), "", openai.is_usage_only_event)
+    out = b"".join(b"".join(tap(c)) for c in chunks + [b""])
+    assert out == chunks[0] + chunks[2]
+    _, usage, _ = tap.result(providers.get("openai"), "/v1/chat/completions")
+    assert (usage.input_tokens, usage.output_tokens) == (3, 4)
