@@ -348,6 +348,7 @@ def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | N
     `read=False` keeps to what is certain (no body or stream read)."""
     request, response = flow.request.data, flow.response
     arrived = request.timestamp_start
+    path = request.path.decode("utf-8", "surrogateescape")  # as Request.path gives it, decoded once
     provider_name = meta.get("provider")
     status = meta.get("status")
     ttfb_ms = ended = None
@@ -378,11 +379,11 @@ def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | N
         if tap is not None:
             streamed = int(tap.streamed)
             response_bytes = tap.bytes
-            model, usage, upstream_error = tap.result(provider, flow.request.path)
+            model, usage, upstream_error = tap.result(provider, path)
         elif response is not None and response.data.content is not None and not meta.get("refused"):
             response_bytes = len(response.data.content)
             model, usage, upstream_error = read_body(
-                provider, flow.request.path, response.data.content, facts.get(b"content-encoding", ""),
+                provider, path, response.data.content, facts.get(b"content-encoding", ""),
                 errors=status >= 400)
         if upstream_error and not error and (streamed or status >= 400):
             error = upstream_error
@@ -391,7 +392,7 @@ def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | N
             client_aborted = int(flow.client_conn.timestamp_end is not None
                                  or flow.error.msg.startswith("Client disconnected"))
         if model is None:
-            model = provider.model_from_request(flow.request.path, json_object(request.content or b""))
+            model = provider.model_from_request(path, json_object(request.content or b""))
     if ended is None:
         ended = time.time()
     return (
@@ -400,7 +401,7 @@ def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | N
         meta.get("token_id"),
         provider_name,
         request.method.decode("utf-8", "surrogateescape").upper(),
-        request.path.split(b"?", 1)[0].decode("utf-8", "surrogateescape")[:500],  # endpoint
+        path.split("?", 1)[0][:500],                      # endpoint
         model,
         status,
         streamed,
