@@ -139,20 +139,30 @@ class SSETap:
             data = data[cut:]
         whole_end = _last_event_end(data)
         whole, rest = data[:whole_end], data[whole_end:]
-        needs = self.needs
-        if whole and needs(whole):
-            # The first event alone first: it often holds what the reader lacked (the model),
-            # after which the rest may all go unparsed.
-            first_end = _event_end(whole, 0)
-            if needs(whole[:first_end]):
-                self._read(whole[:first_end])
-            others = whole[first_end:]
-            if others and needs(others):
-                for event in _split_events(others):
-                    if needs(event):
-                        self._read(event)
+        if whole:
+            self._read_wanted(whole, True)
         if rest:
             self._read(rest)  # an unfinished event: the parser holds it for the next batch
+
+    def _read_wanted(self, whole: bytes, first: bool = False) -> None:
+        """Reads the events of `whole` (whole events) that the reader `needs`, in order.
+
+        Halves that need nothing are skipped whole, so the one usage event among a few hundred
+        content deltas costs a few checks, not one per event. The first event is taken alone
+        first: it often holds what the reader lacked (the model), after which the rest may all
+        go unparsed."""
+        if not self.needs(whole):
+            return
+        cut = _event_end(whole, 0)
+        if cut < len(whole) and not first:
+            middle = _event_end(whole, len(whole) // 2)
+            if 0 < middle < len(whole):
+                cut = middle
+        if cut >= len(whole):  # one event
+            self._read(whole)
+            return
+        self._read_wanted(whole[:cut])
+        self._read_wanted(whole[cut:])
 
     def _read(self, data: bytes) -> bool:
         """Feeds the usage reader; True when an event to hide was among those read."""

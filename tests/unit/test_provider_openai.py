@@ -86,3 +86,22 @@ def test_usage_parser_never_raises_on_garbage():
         reader.feed(None, data)
         reader.feed("response.completed", data)
     assert reader.usage().input_tokens is None
+
+
+def test_stream_usage_is_found_whatever_the_json_spacing():
+    """Events are skipped unparsed when they hold no usage object; that check must not depend on
+    OpenAI's compact separators (`"usage": {` and `"usage" :null` are JSON too)."""
+    from addons.recorder import SSETap
+
+    head = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024-07-18"}
+    for separators in ((",", ":"), (", ", ": "), (",", " : ")):
+        def event(obj):
+            return b"data: " + json.dumps(obj, separators=separators).encode() + b"\n\n"
+        events = [event({**head, "choices": [{"delta": {"content": f"w{i}"}}], "usage": None}) for i in range(30)]
+        events.append(event({**head, "choices": [], "usage": CHAT_USAGE}))
+        events.append(b"data: [DONE]\n\n")
+        tap = SSETap(provider.stream_reader("/v1/chat/completions"), "")
+        for e in events:
+            assert tap(e) == e
+        model, usage, error = tap.result(provider, "/v1/chat/completions")
+        assert (model, usage.raw, usage.input_tokens, error) == (head["model"], CHAT_USAGE, 12, None), separators
