@@ -207,3 +207,26 @@ def m003_dashboard(db: Database) -> None:
         GROUP BY 1, 2, 3, 4
         """
     )
+
+
+@metrion()
+def m004_facet_counts(db: Database) -> None:
+    db.executescript(
+        """
+        -- Requests per value of each column the Logs page facets by, kept by the writer in the
+        -- same transaction as the rows: the unfiltered page reads a few rows here instead of
+        -- scanning four million-entry indexes (~50 ms each). NULLs are not counted (Datasette's
+        -- facets leave them out too).
+        CREATE TABLE request_facets (
+            facet TEXT NOT NULL,          -- requester, provider, model or status
+            value NOT NULL,               -- as stored in requests (status is an integer)
+            requests INTEGER NOT NULL,
+            PRIMARY KEY (facet, value)
+        );
+        """
+    )
+    for column in ("requester", "provider", "model", "status"):
+        db.execute(
+            f"INSERT INTO request_facets (facet, value, requests) SELECT '{column}', {column}, count(*) "
+            f"FROM requests WHERE {column} IS NOT NULL GROUP BY {column}"
+        )

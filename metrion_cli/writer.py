@@ -2,7 +2,8 @@
 
 The proxy's hooks call `put()` (a non-blocking append) and never wait on SQLite. The thread
 commits every `interval` seconds or `batch_size` rows, whichever comes first, and `close()`
-flushes what is queued. The same transaction keeps `usage_monthly` and `latency_histogram`.
+flushes what is queued. The same transaction keeps `usage_monthly`, `latency_histogram` and
+`request_facets`.
 `put()` does not wake the thread for each row: at a thousand rows a second, a wake-up per row
 (a blocking queue) cost the proxy more CPU than writing the rows. Every 250 ms rather than
 every 50: each commit costs the proxy's core a fixed amount besides its rows (measured under
@@ -45,6 +46,13 @@ _UPSERT_LATENCY = (
     "INSERT INTO latency_histogram (day, provider, model, le_ms, requests) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (day, provider, model, le_ms) DO UPDATE SET requests = requests + excluded.requests"
 )
+_UPSERT_FACET = (
+    "INSERT INTO request_facets (facet, value, requests) VALUES (?, ?, ?) "
+    "ON CONFLICT (facet, value) DO UPDATE SET requests = requests + excluded.requests"
+)
+# The Logs page's facets (metrion_cli/dashboard), counted per value in request_facets.
+FACET_COLUMNS = ("requester", "provider", "model", "status")
+_FACETS = tuple((REQUEST_COLUMNS.index(c), c) for c in FACET_COLUMNS)
 _TS, _ACCOUNT, _PROVIDER, _MODEL, _FORWARDED, _INPUT, _OUTPUT, _LATENCY = (
     REQUEST_COLUMNS.index(c) for c in ("ts", "account_id", "provider", "model", "forwarded",
                                        "input_tokens", "output_tokens", "latency_ms"))
@@ -160,7 +168,11 @@ class Writer:
     def _write(self, batch: list[tuple]) -> None:
         usage: dict[tuple[int, str], list[int]] = {}
         latency: collections.Counter[tuple[str, str, str, float]] = collections.Counter()
+        facets: collections.Counter[tuple[str, object]] = collections.Counter()
         for row in batch:
+            for index, column in _FACETS:
+                if row[index] is not None:
+                    facets[(column, row[index])] += 1
             if row[_FORWARDED] and isinstance(row[_LATENCY], (int, float)) and row[_PROVIDER]:
                 latency[(row[_TS][:10], row[_PROVIDER], row[_MODEL] or "", upper_ms(bucket_of(row[_LATENCY])))] += 1
             if row[_ACCOUNT] is None:
@@ -175,6 +187,7 @@ class Writer:
         conn.executemany(_INSERT, [row[:-1] for row in batch])
         conn.executemany(_UPSERT_USAGE, [(a, m, *t) for (a, m), t in usage.items()])
         conn.executemany(_UPSERT_LATENCY, [(*key, n) for key, n in latency.items()])
+        conn.executemany(_UPSERT_FACET, [(*key, n) for key, n in facets.items()])
         conn.execute("COMMIT")
 
     def _rollback(self) -> None:

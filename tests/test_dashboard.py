@@ -8,6 +8,7 @@ database the real writer filled. End to end: traffic through a real `metrion ser
 import asyncio
 import datetime
 import json
+import urllib.parse
 
 import httpx2 as httpx
 import openai
@@ -87,6 +88,14 @@ async def _test_logs_are_newest_first_with_facets(ds):
     assert "Logs" in html and "bob" in html
     filtered = await get_json(ds, "/metrion/requests.json?_shape=objects&provider=anthropic&status__gte=400")
     assert filtered["filtered_table_rows_count"] == 3
+    # A filtered page's facets count the filtered rows, not the whole log.
+    assert {f["value"]: f["count"] for f in filtered["facet_results"]["requester"]["results"]} == {"bob": 3}
+    assert {f["value"]: f["count"] for f in filtered["facet_results"]["model"]["results"]} == {"claude-sonnet-4": 3}
+    # A facet value's link filters the page by it.
+    [bob] = [f for f in facets["requester"]["results"] if f["value"] == "bob"]
+    link = urllib.parse.urlsplit(bob["toggle_url"])
+    by_bob = await get_json(ds, f"{link.path}?{link.query}")
+    assert by_bob["filtered_table_rows_count"] == 3
     csv = (await ds.client.get("/metrion/requests.csv?_stream=on&_size=max")).text.splitlines()
     assert csv[0].startswith("id,ts,") and len(csv) == 1 + 103
 
@@ -129,6 +138,37 @@ def test_upgrade_fills_the_histogram_from_an_older_log(data_dir):
     dbmod.upgrade(paths)
     histogram = list(db.query("SELECT le_ms, requests FROM latency_histogram ORDER BY le_ms"))
     assert histogram == [{"le_ms": 5.012, "requests": 1}, {"le_ms": 7.079, "requests": 1}]
+
+
+def test_unfiltered_facets_are_the_writers_counts_and_match_the_log(filled):
+    """The unfiltered Logs page reads request_facets; those counts are what a GROUP BY over
+    the rows gives, for every faceted column, NULLs left out."""
+    writer = Writer(filled.metrion_db).start()
+    writer.put(row(3.0, requester=None, status=None, model=None))
+    writer.close()
+    db = dbmod.open_metrion(filled)
+    for column in ("requester", "provider", "model", "status"):
+        from_rows = {r["value"]: r["n"] for r in db.query(
+            f"SELECT {column} AS value, count(*) AS n FROM requests WHERE {column} IS NOT NULL GROUP BY 1")}
+        kept = {r["value"]: r["requests"] for r in db.query(
+            "SELECT value, requests FROM request_facets WHERE facet = ?", [column])}
+        assert kept == from_rows, column
+    page = asyncio.run(get_json(build(filled.metrion_db), "/metrion/requests.json?_shape=objects"))
+    assert {f["value"]: f["count"] for f in page["facet_results"]["provider"]["results"]} == {"openai": 101, "anthropic": 3}
+    assert {f["value"]: f["count"] for f in page["facet_results"]["status"]["results"]} == {200: 100, 529: 3}
+
+
+def test_upgrade_counts_the_facets_of_an_older_log(data_dir):
+    paths = resolve(data_dir)
+    dbmod.initialise(paths)
+    db = dbmod.open_metrion(paths)
+    db.execute("DROP TABLE request_facets")
+    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_facet_counts'")
+    db["requests"].insert_all([row(5.0), row(7.0), row(7.0, requester="bob", status=500)])
+    dbmod.upgrade(paths)
+    kept = {(r["facet"], r["value"]): r["requests"] for r in db.query("SELECT * FROM request_facets")}
+    assert kept == {("requester", "alice"): 2, ("requester", "bob"): 1, ("provider", "openai"): 3,
+                    ("model", "gpt-4o-mini"): 3, ("status", 200): 2, ("status", 500): 1}
 
 
 def test_ui_and_export_end_to_end(acme, fake_openai, start_gateway, data_dir, secrets_used, run_cli, tmp_path):

@@ -1,6 +1,7 @@
 """The dashboard: Datasette over metrion.db (never vault.db), its pages given as metadata.
 
-- Logs: the `requests` table, newest first, faceted by requester, provider, model and status.
+- Logs: the `requests` table, newest first, faceted by requester, provider, model and status;
+  unfiltered, the counts come from `request_facets` (the writer keeps it; dashboard/facets.py).
 - Latency: p50/p95/p99 by day, provider and model, read from `latency_histogram` (the writer
   keeps it), so the page costs the same on a million rows as on a thousand.
 - Usage: each account's requests this month against its cap.
@@ -10,6 +11,7 @@ Arbitrary SQL is the operator's only: the root actor, whose login URL `metrion u
 from pathlib import Path
 
 from ..accounts import PLAN_MONTHLY_CAP
+from ..writer import FACET_COLUMNS
 
 _PLAN_CAPS = " ".join(f"WHEN '{plan}' THEN {cap if cap is not None else 'NULL'}"
                       for plan, cap in PLAN_MONTHLY_CAP.items())
@@ -40,9 +42,6 @@ LEFT JOIN usage_monthly u ON u.account_id = a.id AND u.month = strftime('%Y-%m',
 ORDER BY requests_this_month DESC, a.name
 """
 
-FACETS = ["requester", "provider", "model", "status"]
-
-
 def metadata(database: str = "metrion") -> dict:
     return {
         "title": "Metrion",
@@ -58,7 +57,7 @@ def metadata(database: str = "metrion") -> dict:
                     "requests": {
                         "title": "Logs",
                         "sort_desc": "ts",
-                        "facets": FACETS,
+                        "facets": [{"counted": column} for column in FACET_COLUMNS],
                         "size": 50,
                     },
                 },
@@ -98,5 +97,10 @@ SETTINGS = {
 def build(metrion_db: Path):
     """A Datasette for this database (read-only: Datasette opens mutable files `mode=ro`)."""
     from datasette.app import Datasette
+    from datasette.plugins import pm
 
+    from . import facets
+
+    if not pm.is_registered(facets):
+        pm.register(facets, name="metrion_facets")
     return Datasette([str(metrion_db)], metadata=metadata(Path(metrion_db).stem), settings=SETTINGS)
