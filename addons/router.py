@@ -131,13 +131,7 @@ class Router:
             self.store.inflight[flow.id] = flow
         provider = self.route(flow)
         headers = flow.request.headers
-        ours = None
-        lower = fast_headers.lower
-        for name, _ in headers.fields:
-            if name[:1] in b"xX" and lower(name)[:10] == b"x-metrion-":  # the cheap test first
-                if ours is None:
-                    ours = set()
-                ours.add(lower(name))
+        ours = fast_headers.names_starting(headers, b"x-metrion-")
         if ours:
             values = fast_headers.pick(headers, frozenset(ours))
             requester = values.get(b"x-metrion-user")
