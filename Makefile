@@ -21,7 +21,9 @@ run: $(STAMP)
 	$(METRION) init
 	$(METRION) run
 
+# The dashboard's test renders its pages in Debian's Chromium (headless).
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
 	$(VENV)/bin/pytest
 
 # Metrion's cost over the bare proxy (bench/README.md); about 8 minutes. wrk is Debian's package.

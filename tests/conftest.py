@@ -229,3 +229,19 @@ def start_gateway(data_dir, secrets_used):
 @pytest.fixture
 def gateway(acme, fake_openai, start_gateway) -> Gateway:
     return start_gateway({"openai": fake_openai.url})
+
+
+def browser_dom(url: str, tmp_path: Path) -> str:
+    """The page at `url` as headless Chromium renders it (its DOM after scripts ran).
+    Chromium is Debian's package, installed by `make test`."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is not installed: `make test` installs it (apt-get install chromium)"
+    profile = tmp_path / f"chromium-profile-{time.monotonic_ns()}"
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0 and "<html" in result.stdout, result.stderr[-2000:]
+    return result.stdout

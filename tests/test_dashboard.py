@@ -7,6 +7,7 @@ database the real writer filled. End to end: traffic through a real `metrion ser
 
 import asyncio
 import datetime
+import html.parser
 import json
 import urllib.parse
 
@@ -19,9 +20,63 @@ from metrion_cli.dashboard import build
 from metrion_cli.paths import resolve
 from metrion_cli.writer import Writer
 
-from conftest import VENV_BIN, Gateway, free_port
+from conftest import VENV_BIN, Gateway, browser_dom, free_port
 
 TODAY = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+class RenderedPage(html.parser.HTMLParser):
+    """What a reader sees on a rendered Datasette page: its <h1>, the rows of its table (each
+    as its cells' text) and its facets ({column: {value: (count, link)}})."""
+
+    def __init__(self, dom: str) -> None:
+        super().__init__()
+        self.title = ""
+        self.rows: list[list[str]] = []
+        self.facets: dict[str, dict[str, tuple[int, str]]] = {}
+        self._in: str | None = None   # "h1", "td" or "facet" while inside one
+        self._facet: str | None = None
+        self._link = self._text = ""
+        self._in_body = False
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "h1":
+            self._in, self._text = "h1", ""
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows.append([])
+        elif tag == "td" and self._in_body:
+            self._in, self._text = "td", ""
+        elif tag == "div" and "facet-info" in (attrs.get("class") or "").split():
+            self._facet = attrs["data-column"]
+            self.facets[self._facet] = {}
+        elif tag == "li" and self._facet:
+            self._in, self._text, self._link = "facet", "", ""
+        elif tag == "a" and self._in == "facet":
+            self._link = attrs.get("href", "")
+
+    def handle_endtag(self, tag):
+        if tag == "h1" and self._in == "h1":
+            self.title, self._in = self._text.strip(), None
+        elif tag == "td" and self._in == "td":
+            self.rows[-1].append(self._text.strip())
+            self._in = None
+        elif tag == "tbody":
+            self._in_body = False
+        elif tag == "li" and self._in == "facet":
+            # "value count", or "value · count ✖" for the value the page is filtered by
+            value, _, count = self._text.strip().removesuffix("✖").strip().rpartition(" ")
+            self.facets[self._facet][value.strip().removesuffix(" ·")] = (int(count.replace(",", "")), self._link)
+            self._in = None
+        elif tag == "ul" and self._facet:
+            self._facet = None
+
+    def handle_data(self, data):
+        if self._in:
+            self._text += data
 
 
 def row(latency_ms: float, **fields) -> dict:
@@ -187,6 +242,19 @@ def test_ui_and_export_end_to_end(acme, fake_openai, start_gateway, data_dir, se
         base = f"http://127.0.0.1:{port}"
         logs = httpx.get(base + "/metrion/requests", timeout=10)
         assert logs.status_code == 200 and "bob@example.com" in logs.text
+        # In a browser: the Logs page lists the three requests, its requester facet counts
+        # them, and following a facet value shows that requester's requests only.
+        dom = browser_dom(base + "/metrion/requests", tmp_path)
+        page = RenderedPage(dom)
+        assert page.title == "Logs" and len(page.rows) == 3 and "(counted)" not in dom
+        requesters = page.facets["requester"]
+        assert {value: count for value, (count, _) in requesters.items()} == \
+            {"alice@example.com": 2, "bob@example.com": 1}
+        by_bob = RenderedPage(browser_dom(requesters["bob@example.com"][1], tmp_path))
+        assert len(by_bob.rows) == 1 and "bob@example.com" in by_bob.rows[0]
+        assert {value: count for value, (count, _) in by_bob.facets["requester"].items()} == {"bob@example.com": 1}
+        latency = RenderedPage(browser_dom(base + "/metrion/latency", tmp_path))
+        assert len(latency.rows) == 1 and "openai" in latency.rows[0]
         [latency] = httpx.get(base + "/metrion/latency.json?_shape=array", timeout=10).json()
         assert latency["provider"] == "openai" and latency["requests"] == 3 and latency["p50_ms"] > 0
         assert "operator login" in "".join(ui.output)

@@ -32,7 +32,10 @@ class CountedFacet(ColumnFacet):
         configs = self.get_configs()
         columns = [c["config"].get("column") or c["config"]["simple"] for c in configs]
         if not self._unfiltered(columns):
-            return await super().facet_results()
+            results, timed_out = await super().facet_results()
+            for result in results:
+                result["type"] = "column"  # shown beside the name otherwise: "provider (counted)"
+            return results, timed_out
         facet_size = self.get_facet_size()
         results = []
         for config, column in zip(configs, columns):
@@ -40,7 +43,7 @@ class CountedFacet(ColumnFacet):
                                           {"facet": column, "limit": facet_size + 1})).rows
             results.append({
                 "name": column,
-                "type": self.type,
+                "type": "column",  # what it is to a reader; the page shows any other type
                 "hideable": config["source"] != "metadata",
                 "toggle_url": self.ds.urls.path(path_with_removed_args(self.request, {"_facet": column})),
                 "results": [{
