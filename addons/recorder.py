@@ -219,17 +219,6 @@ def _last_event_end(data: bytes) -> int:
     return ends[-1] if ends else 0
 
 
-def _split_events(whole: bytes) -> list[bytes]:
-    """Whole events, each with its blank line, from bytes that end with one."""
-    if b"\r" not in whole:
-        return [event + b"\n\n" for event in whole.split(b"\n\n") if event]
-    events, start = [], 0
-    for match in _EVENT_END.finditer(whole):
-        events.append(whole[start:match.end()])
-        start = match.end()
-    return events
-
-
 class BodyTap:
     """The `flow.response.stream` callable for other bodies: passes chunks on, keeps a copy
     (whole up to MAX_BODY_COPY, else its first and last EDGE_BYTES)."""
