@@ -181,16 +181,26 @@ async def _test_only_the_operator_runs_sql_and_the_vault_is_never_opened(ds):
         assert (await ds.client.get(f"/metrion/{table}", cookies=root)).status_code == 200
 
 
-def test_upgrade_fills_the_histogram_from_an_older_log(data_dir):
+def upgraded_older_log(data_dir, migration: str, undo: list[str], rows: list[dict]):
+    """metrion.db as it was before `migration` (whose changes `undo` reverts) holding `rows`,
+    then upgraded as `metrion serve` does at start."""
     paths = resolve(data_dir)
     dbmod.initialise(paths)
     db = dbmod.open_metrion(paths)
-    db.execute("DROP TABLE latency_histogram")
-    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_dashboard'")
-    for index in ("provider", "model", "status", "requester"):
-        db.execute(f"DROP INDEX requests_{index}")
-    db["requests"].insert_all([row(5.0), row(7.0), row(7.0, forwarded=0)])
+    for statement in undo:
+        db.execute(statement)
+    db.execute("DELETE FROM _sqlite_migrations WHERE name = ?", [migration])
+    db["requests"].insert_all(rows)
     dbmod.upgrade(paths)
+    return db
+
+
+def test_upgrade_fills_the_histogram_from_an_older_log(data_dir):
+    db = upgraded_older_log(
+        data_dir, "m003_dashboard",
+        ["DROP TABLE latency_histogram",
+         *(f"DROP INDEX requests_{index}" for index in ("provider", "model", "status", "requester"))],
+        [row(5.0), row(7.0), row(7.0, forwarded=0)])
     histogram = list(db.query("SELECT le_ms, requests FROM latency_histogram ORDER BY le_ms"))
     assert histogram == [{"le_ms": 5.012, "requests": 1}, {"le_ms": 7.079, "requests": 1}]
 
@@ -214,13 +224,8 @@ def test_unfiltered_facets_are_the_writers_counts_and_match_the_log(filled):
 
 
 def test_upgrade_counts_the_facets_of_an_older_log(data_dir):
-    paths = resolve(data_dir)
-    dbmod.initialise(paths)
-    db = dbmod.open_metrion(paths)
-    db.execute("DROP TABLE request_facets")
-    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_facet_counts'")
-    db["requests"].insert_all([row(5.0), row(7.0), row(7.0, requester="bob", status=500)])
-    dbmod.upgrade(paths)
+    db = upgraded_older_log(data_dir, "m004_facet_counts", ["DROP TABLE request_facets"],
+                            [row(5.0), row(7.0), row(7.0, requester="bob", status=500)])
     kept = {(r["facet"], r["value"]): r["requests"] for r in db.query("SELECT * FROM request_facets")}
     assert kept == {("requester", "alice"): 2, ("requester", "bob"): 1, ("provider", "openai"): 3,
                     ("model", "gpt-4o-mini"): 3, ("status", 200): 2, ("status", 500): 1}
