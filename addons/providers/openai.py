@@ -93,9 +93,12 @@ def _mentions_usage(data: bytes) -> bool:
     """True when `"usage"` is followed by an object: skips json.loads for the `"usage":null`
     chunks. A few scans of the whole batch, however many of those it holds; the pattern
     (slower: it stops at every quote) only for spacing other than OpenAI's compact JSON."""
+    mentions = data.count(b'"usage"')
+    if not mentions:  # most chat streams: the client did not ask for usage
+        return False
     if b'"usage":{' in data:
         return True
-    if data.count(b'"usage"') == data.count(b'"usage":null'):
+    if mentions == data.count(b'"usage":null'):
         return False
     return _USAGE_OBJECT.search(data) is not None
 
