@@ -28,6 +28,7 @@ from addons.store import Store
 from metrion_cli.db import iso_from_epoch
 
 logger = logging.getLogger("metrion")
+_now = time.time  # read once per chunk: the watchdog's sign of life
 
 # Bodies announced this small are buffered by mitmproxy: cheaper than streaming them (one write
 # to the client instead of headers and body apart), and no client waits on a stream.
@@ -87,14 +88,14 @@ class SSETap:
     back an unfinished one, and drops the events `hide_event` names.
     """
 
-    __slots__ = ("reader", "parser", "decode", "bytes", "broken", "hide_event", "held", "last_chunk_at",
+    __slots__ = ("reader", "parser", "decode", "read_bytes", "broken", "hide_event", "held", "last_chunk_at",
                  "needs", "unread", "unread_bytes")
     streamed = True
 
     def __init__(self, reader: providers.StreamReader, encoding: str, hide_event=None) -> None:
         self.reader = reader
         self.parser = SSEParser()
-        self.bytes = 0
+        self.read_bytes = 0  # passed on and read (or, hiding events, passed on)
         self.broken: str | None = None
         self.hide_event = hide_event if encoding in ("", "identity") else None
         self.held = b""
@@ -107,11 +108,23 @@ class SSETap:
             self.decode, self.broken = None, str(e)
         self.needs = getattr(reader, "needs", None) if self.decode is None and self.hide_event is None else None
 
+    @property
+    def bytes(self) -> int:
+        """Bytes passed on to the client so far."""
+        return self.read_bytes + self.unread_bytes
+
+    def stream_callable(self):
+        """What `flow.response.stream` is set to: `pass_on` itself when no event is hidden, so
+        each chunk costs one call that checks nothing."""
+        return self if self.hide_event is not None else self.pass_on
+
     def __call__(self, chunk: bytes):
-        self.last_chunk_at = time.time()
         if self.hide_event is not None:
             return self._filter(chunk)
-        self.bytes += len(chunk)
+        return self.pass_on(chunk)
+
+    def pass_on(self, chunk: bytes) -> bytes:
+        self.last_chunk_at = _now()
         self.unread.append(chunk)
         self.unread_bytes += len(chunk)
         if self.unread_bytes > MAX_HELD_FOR_READING:
@@ -120,6 +133,7 @@ class SSETap:
 
     def _read_unread(self) -> None:
         data = b"".join(self.unread)
+        self.read_bytes += self.unread_bytes
         self.unread, self.unread_bytes = [], 0
         if self.needs is None or self.broken is not None or not data:
             self._read(data)
@@ -178,6 +192,7 @@ class SSETap:
         return hide
 
     def _filter(self, chunk: bytes) -> list[bytes]:
+        self.last_chunk_at = _now()
         data = self.held + chunk
         cuts = [m.end() for m in _EVENT_END.finditer(data)]
         if not chunk:
@@ -189,7 +204,7 @@ class SSETap:
             raw, start = data[start:stop], stop
             if raw and not self._read(raw):
                 kept.append(raw)
-                self.bytes += len(raw)
+                self.read_bytes += len(raw)
         return kept
 
     def result(self, provider, path: str) -> tuple[str | None, Usage, str | None]:
@@ -314,7 +329,8 @@ class Recorder:
             return  # buffered: read in the response hook
         else:
             tap = BodyTap(encoding)
-        meta["tap"] = flow.response.stream = tap
+        meta["tap"] = tap
+        flow.response.stream = tap.stream_callable() if isinstance(tap, SSETap) else tap
 
     def response(self, flow: http.HTTPFlow) -> None:
         # mitmproxy sends a buffered answer only after this hook returns: build the row just
