@@ -170,6 +170,10 @@ class SSETap:
         cut = _event_end(whole, 0)
         if cut < len(whole) and not first:
             middle = _event_end(whole, len(whole) // 2)
+            if not 0 < middle < len(whole):
+                # The middle lies in the last event (more than half the bytes): split that one
+                # off, or a long run of small events before it would be peeled one by one.
+                middle = _penultimate_event_end(whole)
             if 0 < middle < len(whole):
                 cut = middle
         if cut >= len(whole):  # one event
@@ -232,6 +236,15 @@ def _last_event_end(data: bytes) -> int:
         return at + 2 if at >= 0 else 0
     ends = [m.end() for m in _EVENT_END.finditer(data)]
     return ends[-1] if ends else 0
+
+
+def _penultimate_event_end(whole: bytes) -> int:
+    """Where the event before the last one in `whole` (whole events) ends, or -1."""
+    if b"\r" not in whole:
+        at = whole.rfind(b"\n\n", 0, _last_event_end(whole) - 2)
+        return at + 2 if at >= 0 else -1
+    ends = [m.end() for m in _EVENT_END.finditer(whole)]
+    return ends[-2] if len(ends) > 1 else -1
 
 
 class BodyTap:

@@ -99,3 +99,24 @@ def test_hidden_usage_event_with_crlf_lines_leaves_the_rest_intact():
     assert out == chunks[0] + chunks[2]
     _, usage, _ = tap.result(providers.get("openai"), "/v1/chat/completions")
     assert (usage.input_tokens, usage.output_tokens) == (3, 4)
+
+
+def test_a_long_run_of_small_events_before_a_large_usage_event_is_read():
+    """Batches are halved at event boundaries to find the events worth reading; when one event
+    holds most of a batch's bytes, the run of small events before it must not be peeled one
+    by one (3,000 of them once overflowed the stack and lost the usage)."""
+    import json
+
+    from addons.providers import openai
+
+    head = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini"}
+    small = b"".join(b"data: " + json.dumps({**head, "choices": [{"delta": {"content": "w"}}]}).encode() + b"\n\n"
+                     for _ in range(3000))
+    usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    large = b"data: " + json.dumps({**head, "choices": [], "usage": usage, "pad": "x" * 400_000}).encode() + b"\n\n"
+    for eol in (b"\n", b"\r\n"):
+        body = (small + large + b"data: [DONE]\n\n").replace(b"\n", eol)
+        tap = SSETap(openai.stream_reader("/v1/chat/completions"), "")
+        assert tap.pass_on(body) == body
+        model, read, error = tap.result(openai, "/v1/chat/completions")
+        assert (model, read.input_tokens, read.output_tokens, read.note) == ("gpt-4o-mini", 5, 7, None), eol
