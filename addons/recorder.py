@@ -176,7 +176,7 @@ class SSETap:
                 middle = _penultimate_event_end(whole)
             if 0 < middle < len(whole):
                 cut = middle
-        if cut >= len(whole):  # one event
+        if not 0 < cut < len(whole):  # one event, or blank lines left over from a split
             self._read(whole)
             return
         self._read_wanted(whole[:cut])

@@ -136,10 +136,11 @@ class Writer:
         batch = self._pending
         try:
             self._write(batch)
-        except (ValueError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError) as e:
+        except (ValueError, OverflowError, TypeError, sqlite3.InterfaceError, sqlite3.ProgrammingError) as e:
             # A value SQLite cannot take: a lone surrogate (a client's undecodable bytes in a
-            # path, header or model name), an integer past 64 bits. Retried at once with such
-            # values escaped; an error here must never stop the thread with the lock held.
+            # path, header or model name), an integer past 64 bits, a list or dict (unhashable:
+            # it cannot be counted either). Retried at once with such values escaped; an error
+            # here must never stop the thread with the lock held.
             self._rollback()
             logger.warning("metrion writer: %d rows held values SQLite cannot store (%s); "
                            "storing them escaped", len(batch), e)

@@ -30,9 +30,22 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: all held at once while chosen (one after another, the
+    kernel may hand out the same port twice, and a gateway then finds two listeners on it)."""
+    held = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 @pytest.fixture(autouse=True)
@@ -203,7 +216,7 @@ def start_gateway(data_dir, secrets_used):
     started: list[Gateway] = []
 
     def start(upstreams: dict[str, str], extra: list[str] = ()) -> Gateway:
-        ports = {name: free_port() for name in upstreams}
+        ports = dict(zip(upstreams, free_ports(len(upstreams))))
         args = [str(VENV_BIN / "metrion"), "serve"]
         for name in PROVIDER_NAMES:
             if name in upstreams:

@@ -120,3 +120,16 @@ def test_a_long_run_of_small_events_before_a_large_usage_event_is_read():
         assert tap.pass_on(body) == body
         model, read, error = tap.result(openai, "/v1/chat/completions")
         assert (model, read.input_tokens, read.output_tokens, read.note) == ("gpt-4o-mini", 5, 7, None), eol
+
+
+def test_runs_of_blank_lines_before_the_model_is_known_are_read_through():
+    """Halving can leave a piece of blank lines alone; while the reader still lacks the model it
+    needs every piece, and such a piece once recursed forever (the usage was lost)."""
+    from addons.providers import openai
+
+    body = b'data: {"a":1}\n\ndata: {"b":2}\n\n\ndata: {"choices":[],"usage":{"prompt_tokens":5}}\n\n'
+    tap = SSETap(openai.stream_reader("/v1/chat/completions"), "")
+    passed = tap.stream_callable()
+    assert passed(body) == body and passed(b"") == b""
+    _, usage, _ = tap.result(openai, "/v1/chat/completions")
+    assert usage.raw == {"prompt_tokens": 5} and usage.note is None
