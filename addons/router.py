@@ -149,10 +149,8 @@ class Router:
         if self.store is not None and self.store.closing:
             return refuse(flow, "unavailable", "Metrion is shutting down; retry the request",
                           {"connection": "close"}, final=False)
-        fixed = self.fixed_headers[provider]
-        if fixed:
-            for name, value in fixed.items():
-                fast_headers.replace(headers, name, value)
+        for name, value in self.fixed_headers[provider].items():
+            fast_headers.replace(headers, name, value)
         if self.stream_usage:
             self._ask_for_stream_usage(flow, meta, providers.get(provider))
 

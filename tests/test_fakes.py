@@ -25,6 +25,8 @@ except ImportError:  # the SDKs in this environment use the httpx2 fork
 
 from metrion_cli.fakes import Behaviour, FakeUpstream, run_fakes
 
+from conftest import free_port
+
 KEY = "sk-test-abcd1234"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the fake"}]
 # words + 3 per message, as the fake counts prompt tokens
@@ -395,14 +397,8 @@ def test_run_fakes_and_serve_in_a_running_loop():
     asyncio.run(main())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_runs_as_a_process():
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [sys.executable, "-m", "metrion_cli.fakes", f"openai={port}"],

@@ -1,12 +1,14 @@
 """Whatever the chunking, and whatever garbage a stream carries, the taps pass every byte on
 unchanged, never raise, and read the same usage."""
 
+import json
 import re
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from addons import providers
+from addons.providers import openai
 from addons.recorder import SSETap
 from metrion_cli.fakes import FakeUpstream
 from providers_table import CASES
@@ -89,7 +91,6 @@ def test_crlf_events_with_several_lines_are_read_whole():
 
 
 def test_hidden_usage_event_with_crlf_lines_leaves_the_rest_intact():
-    from addons.providers import openai
     chunks = [b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"hi"}}]}\r\n\r\n',
               b'data: {"model":"gpt-4o","choices":[],\r\ndata: "usage":{"prompt_tokens":3,"completion_tokens":4,'
               b'"total_tokens":7}}\r\n\r\n',
@@ -105,10 +106,6 @@ def test_a_long_run_of_small_events_before_a_large_usage_event_is_read():
     """Batches are halved at event boundaries to find the events worth reading; when one event
     holds most of a batch's bytes, the run of small events before it must not be peeled one
     by one (3,000 of them once overflowed the stack and lost the usage)."""
-    import json
-
-    from addons.providers import openai
-
     head = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini"}
     small = b"".join(b"data: " + json.dumps({**head, "choices": [{"delta": {"content": "w"}}]}).encode() + b"\n\n"
                      for _ in range(3000))
@@ -125,8 +122,6 @@ def test_a_long_run_of_small_events_before_a_large_usage_event_is_read():
 def test_runs_of_blank_lines_before_the_model_is_known_are_read_through():
     """Halving can leave a piece of blank lines alone; while the reader still lacks the model it
     needs every piece, and such a piece once recursed forever (the usage was lost)."""
-    from addons.providers import openai
-
     body = b'data: {"a":1}\n\ndata: {"b":2}\n\n\ndata: {"choices":[],"usage":{"prompt_tokens":5}}\n\n'
     tap = SSETap(openai.stream_reader("/v1/chat/completions"), "")
     passed = tap.stream_callable()
