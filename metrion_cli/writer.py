@@ -15,6 +15,7 @@ never silently lost.
 
 import collections
 import logging
+import operator
 import sqlite3
 import threading
 import time
@@ -169,11 +170,14 @@ class Writer:
     def _write(self, batch: list[tuple]) -> None:
         usage: dict[tuple[int, str], list[int]] = {}
         latency: collections.Counter[tuple[str, str, str, float]] = collections.Counter()
-        facets: collections.Counter[tuple[str, object]] = collections.Counter()
+        facets = []
+        for index, column in _FACETS:
+            # Counted by Counter's C loop over the column: a Python step per row and facet
+            # cost ~0.5 µs a row (5% of the writer's time).
+            counts = collections.Counter(map(operator.itemgetter(index), batch))
+            counts.pop(None, None)
+            facets.extend((column, value, n) for value, n in counts.items())
         for row in batch:
-            for index, column in _FACETS:
-                if row[index] is not None:
-                    facets[(column, row[index])] += 1
             if row[_FORWARDED] and isinstance(row[_LATENCY], (int, float)) and row[_PROVIDER]:
                 latency[(row[_TS][:10], row[_PROVIDER], row[_MODEL] or "", upper_ms(bucket_of(row[_LATENCY])))] += 1
             if row[_ACCOUNT] is None:
@@ -188,7 +192,7 @@ class Writer:
         conn.executemany(_INSERT, [row[:-1] for row in batch])
         conn.executemany(_UPSERT_USAGE, [(a, m, *t) for (a, m), t in usage.items()])
         conn.executemany(_UPSERT_LATENCY, [(*key, n) for key, n in latency.items()])
-        conn.executemany(_UPSERT_FACET, [(*key, n) for key, n in facets.items()])
+        conn.executemany(_UPSERT_FACET, facets)
         conn.execute("COMMIT")
 
     def _rollback(self) -> None:
