@@ -103,6 +103,14 @@ def _mentions_usage(data: bytes) -> bool:
     return _USAGE_OBJECT.search(data) is not None
 
 
+def _may_mention_usage(raw: bytes) -> bool:
+    """`_mentions_usage` for raw events, not yet parsed: True unless every `"usage"` is a
+    compact `"usage":null`. An event's data may run over several `data:` lines, split wherever
+    JSON allows whitespace, as between `"usage":` and its `{`, where the pattern would miss it."""
+    mentions = raw.count(b'"usage"')
+    return mentions > 0 and mentions != raw.count(b'"usage":null')
+
+
 # Responses API events that carry the whole response object (with model and usage).
 _RESPONSE_EVENTS = frozenset(
     {"response.created", "response.in_progress", "response.completed", "response.incomplete",
@@ -171,7 +179,7 @@ class StreamReader:
         """Could these whole events change what was read? Most chunks of a stream are content
         deltas, which carry neither model (once known), a usage object nor an error: they go
         unparsed. Inside a JSON string a quote is escaped, so `"usage"` there cannot match."""
-        return self.model is None or _mentions_usage(events) or b'"error"' in events
+        return self.model is None or _may_mention_usage(events) or b'"error"' in events
 
     def _take(self, obj: dict) -> None:
         if self.model is None and isinstance(obj.get("model"), str):

@@ -128,3 +128,18 @@ def test_runs_of_blank_lines_before_the_model_is_known_are_read_through():
     assert passed(body) == body and passed(b"") == b""
     _, usage, _ = tap.result(openai, "/v1/chat/completions")
     assert usage.raw == {"prompt_tokens": 5} and usage.note is None
+
+
+def test_usage_split_over_data_lines_after_its_key_is_read():
+    """SSE lets an event's data run over several `data:` lines (joined with a line end, which
+    JSON reads as whitespace): a split between `"usage":` and its object must not hide it."""
+    head = b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini",'
+    body = (head + b'"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
+            + head + b'"choices":[],"usage":\ndata: {"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}\n\n'
+            + b"data: [DONE]\n\n")
+    for eol in (b"\n", b"\r\n"):
+        stream = body.replace(b"\n", eol)
+        events = re.findall(rb".*?(?:\r\n\r\n|\n\n)", stream, re.S)
+        out, usage, model = tap_through("openai", "/v1/chat/completions", events)
+        assert out == stream
+        assert (model, usage.input_tokens, usage.output_tokens, usage.note) == ("gpt-4o-mini", 5, 7, None), eol
