@@ -7,7 +7,7 @@ VENV := .venv
 METRION := $(VENV)/bin/metrion
 STAMP := $(VENV)/.synced
 
-.PHONY: run test clean bench
+.PHONY: run test clean bench bench-instructions
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -31,6 +31,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# Instructions per request under valgrind's callgrind: steadier than time, for judging a change
+# to the hot path (bench/instructions.py); about 2 minutes. valgrind is Debian's package.
+bench-instructions: $(STAMP)
+	@command -v valgrind >/dev/null 2>&1 || apt-get install -y valgrind || (apt-get update && apt-get install -y valgrind)
+	$(VENV)/bin/python bench/instructions.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .uv $(VENV)

@@ -1,0 +1,204 @@
+"""Instructions per request: the lean Master and Metrion, counted by valgrind's callgrind.
+
+bench/run.py measures time, and on a shared VM the same code's requests/s moves by up to 14%
+from run to run: a change worth 2% cannot be seen there. Callgrind counts every instruction a
+process executes (all its threads), and the same load gives the same count within a fraction
+of a percent, so this shows what a change to the hot path costs or saves. It is a guide, not
+the issue's figure: time also depends on caches and on how the threads share a core.
+
+    make bench-instructions                                   # installs valgrind if missing
+    .venv/bin/python bench/instructions.py --requests 2000
+
+Each target runs under callgrind (about 50 times slower), pinned to the last core; the fake
+upstream and this driver use the first. After a warm-up the counters are zeroed, REQUESTS
+non-streaming chat completions are sent over 16 keep-alive connections, and the count is read.
+Work done on a timer (Metrion's snapshot reload every 250 ms, the writer's commits, the
+upstream watchdog) runs per second, not per request, and under callgrind a second holds few
+requests; so each target is also counted idle for IDLE seconds, and the table gives the
+loaded count and the count net of that idle rate. About 2 minutes; writes
+bench/results/instructions.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (bench/run.py: processes, ports, the bench's keys)
+
+BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
+CONNECTIONS = 16
+
+
+def send(port: int, auth: str, requests: int) -> None:
+    """`requests` chat completions over CONNECTIONS keep-alive connections; each must be a 200."""
+    failures: list[str] = []
+
+    def connection(count: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        try:
+            for _ in range(count):
+                conn.request("POST", "/v1/chat/completions", BODY,
+                             {"Authorization": auth, "Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    failures.append(f"status {response.status}")
+                    return
+        except OSError as e:
+            failures.append(repr(e))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=connection, args=(requests // CONNECTIONS,)) for _ in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise run.BenchError(f"port {port}: {len(failures)} connections failed, e.g. {failures[0]}")
+
+
+class Counted:
+    """A process under callgrind whose instruction count can be zeroed and read."""
+
+    def __init__(self, proc: run.Proc, out_dir: Path) -> None:
+        self.proc = proc
+        self.out_dir = out_dir
+
+    def _control(self, flag: str) -> None:
+        r = subprocess.run(["callgrind_control", flag, str(self.proc.pid)], capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise run.BenchError(f"callgrind_control {flag} {self.proc.name}: {r.stdout}{r.stderr}")
+
+    def zero(self) -> None:
+        self._control("-z")
+
+    def read(self) -> int:
+        """Instructions since the last zero() or read()."""
+        pattern = str(self.out_dir / f"cg.{self.proc.pid}.*")
+        for old in glob.glob(pattern):
+            os.remove(old)
+        self._control("-d")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for path in glob.glob(pattern):
+                text = Path(path).read_text(errors="replace")
+                for line in text.splitlines():
+                    if line.startswith(("summary:", "totals:")):
+                        return int(line.split()[1])
+            time.sleep(0.2)
+        raise run.BenchError(f"no callgrind dump from {self.proc.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Example: .venv/bin/python bench/instructions.py --requests 2000")
+    p.add_argument("--requests", type=int, default=800, help="counted requests per target (default 800)")
+    p.add_argument("--idle", type=float, default=5.0, help="idle seconds counted per target (default 5)")
+    p.add_argument("--output", type=Path, default=run.BENCH / "results" / "instructions.md")
+    args = p.parse_args(argv)
+    if not shutil.which("valgrind"):
+        print("instructions: valgrind is not installed (apt-get install -y valgrind; "
+              "`make bench-instructions` does it)", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="metrion-instructions-"))
+    cpus = sorted(os.sched_getaffinity(0))
+    target_cpus, load_cpus = ({cpus[-1]}, {cpus[0]}) if len(cpus) >= 2 else (None, None)
+    if load_cpus:
+        os.sched_setaffinity(0, load_cpus)
+    env = {k: v for k, v in os.environ.items() if k not in ("METRION_SECRET_KEY", "METRION_DATA_DIR")}
+    env.update(METRION_SECRET_KEY_FILE=str(tmp / "secret.key"), PYTHONDONTWRITEBYTECODE="1")
+    procs: list[run.Proc] = []
+    callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p"]
+
+    def start(name: str, argv: list[str], port: int, cpus_: set[int] | None, line: str | None = None) -> run.Proc:
+        proc = run.Proc(name, argv, tmp, cpus_, env)
+        procs.append(proc)
+        proc.wait_ready(port=port, line=line, timeout=300)
+        return proc
+
+    def metrion(*cli: str, input: str | None = None) -> str:
+        return subprocess.run([str(run.VENV_BIN / "metrion"), "--data-dir", str(tmp / "data"), *cli], input=input,
+                              capture_output=True, text=True, env=env, cwd=run.ROOT, check=True).stdout
+
+    rows: list[tuple[str, float, float]] = []
+    try:
+        fake_port = run.free_port()
+        start("fake", [run.PYTHON, "-m", "metrion_cli.fakes", f"openai={fake_port}", "--no-record"], fake_port,
+              load_cpus, line="listening")
+        upstream = f"http://127.0.0.1:{fake_port}"
+        metrion("init")
+        metrion("accounts", "add", "bench", "--plan", "pro")
+        metrion("keys", "add", "bench", "openai", input=run.STORED_KEY + "\n")
+        for name in ("bench", "default"):
+            metrion("quota", "rpm", name, "none")
+            metrion("quota", "set", name, "none")
+        token = metrion("tokens", "create", "bench", "--quiet").strip().splitlines()[-1]
+
+        lean_port, metrion_port = run.free_port(), run.free_port()
+        lean = Counted(start("lean-master", callgrind + [
+            run.PYTHON, str(run.BENCH / "lean_master.py"), "--upstream", upstream, "--port", str(lean_port),
+            "--confdir", str(tmp / "lean-conf")], lean_port, target_cpus), tmp)
+        off = [a for name in ("anthropic", "gemini", "mistral", "xai") for a in ("--port", f"{name}=off")]
+        gateway = Counted(start("metrion", callgrind + [
+            str(run.VENV_BIN / "metrion"), "--data-dir", str(tmp / "data"), "serve", "--port",
+            f"openai={metrion_port}", *off, "--upstream", f"openai={upstream}"],
+            metrion_port, target_cpus, line="metrion: ready"), tmp)
+
+        for name, counted, port, auth in (
+                ("lean-master", lean, lean_port, f"Bearer {run.STORED_KEY}"),
+                ("metrion-stored", gateway, metrion_port, f"Bearer {token}"),
+                ("metrion-passthrough", gateway, metrion_port, f"Bearer {run.PASSTHROUGH_KEY}")):
+            send(port, auth, 300)  # warm-up: caches filled, first-request imports done
+            time.sleep(1.0)
+            counted.zero()
+            time.sleep(args.idle)
+            idle_rate = counted.read() / args.idle
+            started = time.monotonic()
+            send(port, auth, args.requests)
+            time.sleep(1.0)  # the writer's last batch of these requests commits within 250 ms
+            loaded = counted.read()
+            elapsed = time.monotonic() - started
+            per_request = loaded / args.requests
+            net = (loaded - idle_rate * elapsed) / args.requests
+            rows.append((name, per_request, net))
+            print(f"{name}: {per_request:,.0f} instructions per request ({net:,.0f} net of "
+                  f"{idle_rate:,.0f}/s idle; {elapsed:.0f} s for {args.requests})", flush=True)
+    except run.BenchError as e:
+        print(f"instructions: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for proc in procs:
+            proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    base, base_net = rows[0][1], rows[0][2]
+    lines = ["# Instructions per request (callgrind)", "",
+             f"- {args.requests} non-streaming chat completions at c=16 per target, after 300 warm-up; "
+             f"idle rate over {args.idle:g} s", "",
+             "| target | instructions / request | vs lean-master | net of idle | vs lean-master |",
+             "|---|---:|---:|---:|---:|"]
+    for name, per_request, net in rows:
+        lines.append(f"| {name} | {per_request:,.0f} | {per_request / base:.3f}x | {net:,.0f} | {net / base_net:.3f}x |")
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text, end="")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
