@@ -12,10 +12,11 @@ the issue's figure: time also depends on caches and on how the threads share a c
 Each target runs under callgrind (about 50 times slower), pinned to the last core; the fake
 upstream and this driver use the first. After a warm-up the counters are zeroed, REQUESTS
 non-streaming chat completions are sent over 16 keep-alive connections, and the count is read.
-Work done on a timer (Metrion's snapshot reload every 250 ms, the writer's commits, the
-upstream watchdog) runs per second, not per request, and under callgrind a second holds few
-requests; so each target is also counted idle for IDLE seconds, and the table gives the
-loaded count and the count net of that idle rate. About 2 minutes; writes
+Work done on a timer (Metrion's snapshot reload every 250 ms, the upstream watchdog) runs per
+second, not per request, and under callgrind a second holds few requests; so each target is
+also counted idle for IDLE seconds, and the table gives the loaded count and the count net of
+that idle rate. The writer's fixed cost per commit is shared by a dozen rows here and by
+hundreds at full speed: it weighs more here. About 3 minutes; writes
 bench/results/instructions.md.
 """
 
@@ -60,7 +61,8 @@ def send(port: int, auth: str, requests: int) -> None:
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=connection, args=(requests // CONNECTIONS,)) for _ in range(CONNECTIONS)]
+    counts = [requests // CONNECTIONS + (i < requests % CONNECTIONS) for i in range(CONNECTIONS)]
+    threads = [threading.Thread(target=connection, args=(count,)) for count in counts if count]
     for t in threads:
         t.start()
     for t in threads:
