@@ -23,6 +23,7 @@ bench/results/instructions.md.
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import http.client
 import os
@@ -187,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     base, base_net = rows[0][1], rows[0][2]
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                            cwd=run.ROOT).stdout.strip() or "?"
     lines = ["# Instructions per request (callgrind)", "",
+             f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, "
+             f"git commit: {commit}",
              f"- {args.requests} non-streaming chat completions at c=16 per target, after 300 warm-up; "
              f"idle rate over {args.idle:g} s", "",
              "| target | instructions / request | vs lean-master | net of idle | vs lean-master |",
