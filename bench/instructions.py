@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import glob
 import http.client
 import os
@@ -132,32 +133,24 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait_ready(port=port, line=line, timeout=300)
         return proc
 
-    def metrion(*cli: str, input: str | None = None) -> str:
-        return subprocess.run([str(run.VENV_BIN / "metrion"), "--data-dir", str(tmp / "data"), *cli], input=input,
-                              capture_output=True, text=True, env=env, cwd=run.ROOT, check=True).stdout
-
     rows: list[tuple[str, float, float]] = []
     try:
         fake_port = run.free_port()
         start("fake", [run.PYTHON, "-m", "metrion_cli.fakes", f"openai={fake_port}", "--no-record"], fake_port,
               load_cpus, line="listening")
         upstream = f"http://127.0.0.1:{fake_port}"
-        metrion("init")
-        metrion("accounts", "add", "bench", "--plan", "pro")
-        metrion("keys", "add", "bench", "openai", input=run.STORED_KEY + "\n")
-        for name in ("bench", "default"):
-            metrion("quota", "rpm", name, "none")
-            metrion("quota", "set", name, "none")
-        token = metrion("tokens", "create", "bench", "--quiet").strip().splitlines()[-1]
+        skipped: list[str] = []
+        token = run.set_up_bench_account(functools.partial(run.metrion_cli, env, tmp / "data"), skipped)
+        if skipped:
+            raise run.BenchError("; ".join(skipped))
 
         lean_port, metrion_port = run.free_port(), run.free_port()
         lean = Counted(start("lean-master", callgrind + [
             run.PYTHON, str(run.BENCH / "lean_master.py"), "--upstream", upstream, "--port", str(lean_port),
             "--confdir", str(tmp / "lean-conf")], lean_port, target_cpus), tmp)
-        off = [a for name in ("anthropic", "gemini", "mistral", "xai") for a in ("--port", f"{name}=off")]
         gateway = Counted(start("metrion", callgrind + [
             str(run.VENV_BIN / "metrion"), "--data-dir", str(tmp / "data"), "serve", "--port",
-            f"openai={metrion_port}", *off, "--upstream", f"openai={upstream}"],
+            f"openai={metrion_port}", *run.OTHER_PROVIDERS_OFF, "--upstream", f"openai={upstream}"],
             metrion_port, target_cpus, line="metrion: ready"), tmp)
 
         for name, counted, port, auth in (

@@ -100,6 +100,37 @@ def _child_setup(cpus: set[int] | None, pdeathsig: bool) -> Callable[[], None]:
     return setup
 
 
+def metrion_cli(env: dict, data: Path, *args: str, input: str | None = None, check: bool = True) -> str:
+    """`metrion --data-dir DATA ARGS...`: its output ("" when it failed and `check` is off)."""
+    argv = [str(VENV_BIN / "metrion"), "--data-dir", str(data), *args]
+    r = subprocess.run(argv, input=input, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    if check and r.returncode != 0:
+        raise BenchError(f"{' '.join(argv[3:])} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r.stdout if r.returncode == 0 else ""
+
+
+# `metrion serve` with only the OpenAI listener: the fake upstream speaks OpenAI.
+OTHER_PROVIDERS_OFF = [a for p in ("anthropic", "gemini", "mistral", "xai") for a in ("--port", f"{p}=off")]
+
+
+def set_up_bench_account(metrion: Callable[..., str], info: list[str]) -> str:
+    """`metrion init`, account `bench` (pro) with the stored OpenAI key, limits lifted; returns a
+    token for it. `metrion(*args, input=None, check=True)` runs the CLI on the bench's data dir."""
+    metrion("init")
+    metrion("accounts", "add", "bench", "--plan", "pro")
+    metrion("keys", "add", "bench", "openai", input=STORED_KEY + "\n")
+    # Rate limits and caps are not what is measured: lift them where the CLI has the commands
+    # (pass-through requests count against the `default` account).
+    for cmd in (("quota", "rpm", "bench", "none"), ("quota", "rpm", "default", "none"),
+                ("quota", "set", "default", "none"), ("quota", "set", "bench", "none")):
+        if not metrion(*cmd, check=False):
+            info.append(f"`metrion {' '.join(cmd)}` not available or failed; skipped")
+    token = metrion("tokens", "create", "bench", "--quiet").strip().splitlines()[-1]
+    if not token.startswith("mtr_"):
+        raise BenchError(f"tokens create printed no token: {token!r}")
+    return token
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -326,11 +357,7 @@ class Bench:
         return proc
 
     def metrion_cli(self, *args: str, data: Path, input: str | None = None, check: bool = True) -> str:
-        argv = [str(VENV_BIN / "metrion"), "--data-dir", str(data), *args]
-        r = subprocess.run(argv, input=input, capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=60)
-        if check and r.returncode != 0:
-            raise BenchError(f"{' '.join(argv[3:])} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-        return r.stdout if r.returncode == 0 else ""
+        return metrion_cli(self.env, data, *args, input=input, check=check)
 
     def start_all(self) -> None:
         fake_port = self.args.fake_port or free_port()
@@ -364,23 +391,12 @@ class Bench:
                                    proc, streaming_only=True))
 
         data = self.metrion_data = self.tmp / "data"
-        self.metrion_cli("init", data=data)
-        self.metrion_cli("accounts", "add", "bench", "--plan", "pro", data=data)
-        self.metrion_cli("keys", "add", "bench", "openai", data=data, input=STORED_KEY + "\n")
-        # Rate limits and caps are not what is measured: lift them where the CLI has the commands
-        # (pass-through requests count against the `default` account).
-        for cmd in (("quota", "rpm", "bench", "none"), ("quota", "rpm", "default", "none"),
-                    ("quota", "set", "default", "none"), ("quota", "set", "bench", "none")):
-            if not self.metrion_cli(*cmd, data=data, check=False):
-                self.results.info.append(f"`metrion {' '.join(cmd)}` not available or failed; skipped")
-        token = self.metrion_cli("tokens", "create", "bench", "--quiet", data=data).strip().splitlines()[-1]
-        if not token.startswith("mtr_"):
-            raise BenchError(f"tokens create printed no token: {token!r}")
+        token = set_up_bench_account(lambda *cmd, **kw: self.metrion_cli(*cmd, data=data, **kw),
+                                     self.results.info)
         port = free_port()
-        off = [a for p in ("anthropic", "gemini", "mistral", "xai") for a in ("--port", f"{p}=off")]
         proc = self.start("metrion", [
-            str(VENV_BIN / "metrion"), "--data-dir", str(data), "serve", "--port", f"openai={port}", *off,
-            "--upstream", f"openai={self.fake_url}"], port=port, line="metrion: ready")
+            str(VENV_BIN / "metrion"), "--data-dir", str(data), "serve", "--port", f"openai={port}",
+            *OTHER_PROVIDERS_OFF, "--upstream", f"openai={self.fake_url}"], port=port, line="metrion: ready")
         url = f"http://127.0.0.1:{port}"
         self.targets.append(Target("metrion-stored", url, f"Bearer {token}", proc, soak=True))
         self.targets.append(Target("metrion-passthrough", url, f"Bearer {PASSTHROUGH_KEY}", proc,
