@@ -66,6 +66,7 @@ class Settings:
     warmup: int = 2             # seconds of c=16 load per target before the first measured run
     probe_requests: int = 200   # sequential streaming requests per TTFB probe
     paired_rounds: int = 4      # rounds of Metrion and the lean Master loaded at the same time
+    pair_requests: int = 2_000  # c=1 request pairs per round of latency_pair.py
     soak_requests: int = 100_000
     soak_segments: int = 10     # RSS is read after each segment; the first is the warm-up
     writer_rows: int = 200_000
@@ -76,7 +77,8 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(runs=1, duration=1, warmup=1, probe_requests=30, paired_rounds=1, soak_requests=4_000,
+        return cls(runs=1, duration=1, warmup=1, probe_requests=30, paired_rounds=1, pair_requests=200,
+                   soak_requests=4_000,
                    soak_segments=4, writer_rows=20_000, writer_runs=1, dashboard_rows=50_000)
 
 
@@ -256,6 +258,7 @@ FIGURES = [
     Fig("c1_p50", "c=1 p50 latency", "ms", "delta"),
     Fig("c1_p99", "c=1 p99 latency", "ms", "delta"),
     Fig("c1_rps", "c=1 requests/s", "/s", "ratio", 0),
+    Fig("paired_c1", "c=1 request by request with lean-master: median time per request", "ms", "delta", 3),
     Fig("c16_rps", "c=16 requests/s", "/s", "ratio", 0),
     Fig("c16_p99", "c=16 p99 latency", "ms", "delta"),
     Fig("paired_rpc", "c=16 paired with lean-master: requests per CPU-second", "/s", "ratio", 0),
@@ -290,6 +293,7 @@ class Results:
         self.info: list[str] = []
         self.soak: dict[str, dict] = {}
         self.paired_ratios: dict[str, list[float]] = {}  # paired figure -> metrion-stored's rounds' ratios
+        self.paired_added: list[float] = []  # metrion-stored's rounds' median added ms per request (c=1)
 
     def add(self, key: str, target: str, value: float) -> None:
         self.values.setdefault((key, target), []).append(value)
@@ -306,7 +310,7 @@ class Results:
             "values": [{"figure": k, "target": t, "runs": v} for (k, t), v in self.values.items()],
             "na": [{"figure": k, "target": t, "reason": r} for (k, t), r in self.notes.items()],
             "warnings": self.warnings, "info": self.info, "soak": self.soak,
-            "paired_ratios": self.paired_ratios,
+            "paired_ratios": self.paired_ratios, "paired_added_ms": self.paired_added,
         }
 
 
@@ -545,6 +549,28 @@ class Bench:
                 self.results.add(key, base.name, rates[0])
                 self.results.add(key, t.name, rates[1])
                 ratios.append(rates[1] / rates[0])
+        base = by_name.get("lean-master")
+        if base is not None and base.proc is not None:
+            for _ in range(self.s.paired_rounds):
+                self.settle(t)
+                self.settle(base)
+                self.latency_pair_round(base, t)
+
+    def latency_pair_round(self, base: Target, t: Target) -> None:
+        """c=1 latency request by request (bench/latency_pair.py): one request to the baseline,
+        one to Metrion, and again; the median of the pairs' differences is what Metrion adds."""
+        warmup = 50
+        argv = [PYTHON, str(BENCH / "latency_pair.py"), base.url, base.auth, t.url, t.auth,
+                "-n", str(self.s.pair_requests), "--warmup", str(warmup)]
+        r = run_script(argv, "latency pair probe", self.env, 300, self.load_cpus)
+        for target in (base, t):
+            target.served += r["n"] + warmup
+        if r["failed"]:
+            self.results.flags[("paired_c1", t.name)] = "⚠"
+            self.results.warnings.append(f"{t.name}, c=1 pair probe: {r['failed']} failed pairs")
+        self.results.add("paired_c1", base.name, r["a_median_ms"])
+        self.results.add("paired_c1", t.name, r["b_median_ms"])
+        self.results.paired_added.append(r["added_median_ms"])
 
     def paired_round(self, targets: list[Target], key: str, connections: int, mode: str) -> list[float] | None:
         seconds = self.s.duration
@@ -831,6 +857,12 @@ def targets_section(res: Results) -> list[str]:
     line(None if s is None else s <= 0.1,
          f"adds ≤ 0.1 ms p50 at c=1 over lean-master: {s or 0:+.3f} ms ({m('c1_p50', 'metrion-stored') or 0:.3f} "
          f"vs {m('c1_p50', 'lean-master') or 0:.3f} ms) [{p or 0:+.3f} ms]")
+    if res.paired_added:
+        v = sorted(res.paired_added)
+        out.append(
+            f"  - the same, request by request (one to lean-master, one to metrion-stored, and again; "
+            f"median of {len(v)} rounds' median differences, {v[0]:+.3f} to {v[-1]:+.3f}): "
+            f"{statistics.median(v):+.3f} ms")
 
     # Metrion streams SSE chunk by chunk (never buffers): its baseline is the lean Master that
     # streams too. The buffering lean-master is shown for information only.

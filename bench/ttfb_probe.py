@@ -18,6 +18,7 @@ import urllib.parse
 
 BODY = (b'{"model":"gpt-4o-mini","stream":true,'
         b'"messages":[{"role":"user","content":"Say hello in one short sentence."}]}')
+JSON_BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
 
 
 class ProbeError(Exception):
@@ -53,6 +54,12 @@ class Connection:
 
     def exchange(self, request: bytes) -> tuple[float, int]:
         """Send one request, read the whole response; (seconds to first body byte, status)."""
+        ttfb, _, status = self.timed_exchange(request)
+        return ttfb, status
+
+    def timed_exchange(self, request: bytes) -> tuple[float, float, int]:
+        """Send one request, read the whole response; (seconds to its first body byte, seconds
+        to its last byte, status)."""
         if self.buf:
             raise ProbeError("unexpected bytes before the response")
         t0 = time.perf_counter()
@@ -81,19 +88,23 @@ class Connection:
             raise ProbeError("response without length: cannot keep the connection")
         if headers.get(b"connection") == b"close":
             raise ProbeError("server closed the keep-alive connection")
-        return ttfb, status
+        return ttfb, time.perf_counter() - t0, status
 
 
-def build_request(url: str, auth: str, chunks: int) -> tuple[str, int, bytes]:
+def build_request(url: str, auth: str, chunks: int | None) -> tuple[str, int, bytes]:
+    """A streamed chat completion of `chunks` chunks; with `chunks=None`, the plain JSON one
+    (the request wrk's json mode sends)."""
     u = urllib.parse.urlsplit(url)
     path = (u.path.rstrip("/") or "") + "/v1/chat/completions"
     host = u.hostname or "127.0.0.1"
     port = u.port or 80
+    kind = (f"Accept: text/event-stream\r\nx-fake-chunks: {chunks}\r\n" if chunks is not None
+            else "Accept: application/json\r\n")
+    body = BODY if chunks is not None else JSON_BODY
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {auth}\r\n"
-        f"Content-Type: application/json\r\nAccept: text/event-stream\r\nx-fake-chunks: {chunks}\r\n"
-        f"Content-Length: {len(BODY)}\r\n\r\n"
-    ).encode("latin-1") + BODY
+        f"Content-Type: application/json\r\n{kind}Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1") + body
     return host, port, request
 
 
