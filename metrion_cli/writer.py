@@ -11,12 +11,21 @@ load, ~1.5% of the proxy's requests/s), and a row a quarter second old is as goo
 dashboard; a SIGKILL loses at most that batch. When the database is locked or the disk is full,
 rows wait in memory up to `max_queued`; beyond that new rows are counted as dropped and logged,
 never silently lost.
+
+On Linux the thread runs `NICE_INCREMENT` steps nicer than the proxy. When it shares a core with
+the event loop, a commit (a few ms of CPU every 250 ms) otherwise holds off the requests that
+arrive meanwhile: measured at c=1 with both threads on one core, 5 s runs, the proxy's p99 over
+the lean Master's went from +0.5–1.7 ms (median of 10 runs +0.9) to +0.3–1.0 ms (median of 10
++0.5). Nicer still (19) starves it at saturation: it fell 15,000 rows behind in 20 s at c=16;
+at +10 it kept up (one batch behind at the end, as without it).
 """
 
 import collections
 import logging
 import operator
+import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +34,8 @@ from .db import connect
 from .latency import bucket_of, upper_ms
 
 logger = logging.getLogger("metrion.writer")
+
+NICE_INCREMENT = 10
 
 REQUEST_COLUMNS = (
     "ts", "account_id", "token_id", "provider", "method", "endpoint", "model", "status",
@@ -112,6 +123,7 @@ class Writer:
             logger.error("metrion writer: %d rows dropped in all (queue full, or not storable)", self.dropped)
 
     def _run(self) -> None:
+        _lower_own_priority()
         while True:
             stopping = self._stopping  # read first: every row put before close() is queued by now
             self._take()
@@ -198,6 +210,18 @@ class Writer:
     def _rollback(self) -> None:
         if self._conn is not None and self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+
+
+def _lower_own_priority() -> None:
+    """The calling thread, and only it, NICE_INCREMENT steps nicer (Linux: a thread id passed to
+    setpriority names that thread alone; elsewhere it would name a process, so nothing is done)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + NICE_INCREMENT))
+    except OSError as e:  # a sandbox that forbids it: the rows are written all the same
+        logger.warning("metrion writer: could not lower its priority: %s", e)
 
 
 def storable(row: tuple) -> tuple:

@@ -1,11 +1,15 @@
 """The Writer never stops on a row it cannot store or count: the row is stored escaped and
 the rows after it are written."""
 
+import os
+import sys
 import time
+
+import pytest
 
 from metrion_cli import db as dbmod
 from metrion_cli.paths import resolve
-from metrion_cli.writer import Writer
+from metrion_cli.writer import NICE_INCREMENT, Writer
 
 
 def row(**fields) -> dict:
@@ -29,3 +33,21 @@ def test_an_unhashable_value_is_stored_escaped_and_the_writer_goes_on(data_dir):
     assert stored == [("['not', 'a', 'name']", "{'who': 'x'}"), ("gpt-4o-mini", "after")]
     counted = {(r["facet"], r["value"]): r["requests"] for r in db.query("SELECT * FROM request_facets")}
     assert counted[("requester", "after")] == 1 and counted[("model", "['not', 'a', 'name']")] == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_writer_thread_runs_nicer_than_the_proxy_and_only_it(data_dir):
+    paths = resolve(data_dir)
+    dbmod.initialise(paths)
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    writer = Writer(paths.metrion_db).start()
+    try:
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, writer._thread.native_id) == own and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, writer._thread.native_id) == min(19, own + NICE_INCREMENT)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the proxy's own thread keeps its priority
+        writer.put(row(requester="nice"))
+    finally:
+        writer.close()
+    assert writer.written == 1
