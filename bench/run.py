@@ -523,7 +523,8 @@ class Bench:
     def paired(self) -> None:
         """Metrion and its baseline under the same load at the same time, both on the proxy
         core: what each spends per request, under the same conditions. Once for c=16 JSON
-        against the lean Master, once for c=4 streams against the lean Master streaming.
+        against the lean Master, once for c=4 streams against the lean Master streaming; then
+        c=1 latency request by request against the lean Master (latency_pair_round).
 
         Runs one after the other see the machine differ (on this kind of VM, the same code's
         requests/s varies by up to 14% from run to run); two processes measured at once see the
