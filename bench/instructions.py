@@ -16,8 +16,12 @@ Work done on a timer (Metrion's snapshot reload every 250 ms, the upstream watch
 second, not per request, and under callgrind a second holds few requests; so each target is
 also counted idle for IDLE seconds, and the table gives the loaded count and the count net of
 that idle rate. The writer's fixed cost per commit is shared by a dozen rows here and by
-hundreds at full speed: it weighs more here. About 3 minutes; writes
-bench/results/instructions.md.
+hundreds at full speed: it weighs more here.
+
+Callgrind also simulates this machine's caches (`--cache-sim`, geometry from sysfs: its L1s,
+and its per-core L2 as the last level), and the table gives the L2 misses per request: each is
+a trip to L3 or memory, tens of cycles, which instruction counts do not show. `--no-cache-sim`
+skips it (about 3 minutes instead of 7). Writes bench/results/instructions.md.
 """
 
 from __future__ import annotations
@@ -73,8 +77,32 @@ def send(port: int, auth: str, requests: int) -> None:
         raise run.BenchError(f"port {port}: {len(failures)} connections failed, e.g. {failures[0]}")
 
 
+# valgrind's cache options <- (level, type) of this machine's caches in sysfs.
+_SIMULATED = {"--I1": (1, "Instruction"), "--D1": (1, "Data"), "--LL": (2, "Unified")}
+L2_MISSES = ("ILmr", "DLmr", "DLmw")  # with --LL at the L2: its misses, instructions and data
+
+
+def cache_options(cpu: int = 0) -> list[str] | None:
+    """callgrind's cache geometry for `cpu`: its L1 caches, and its L2 as the last level (the
+    L3 is shared and large: an L2 miss is the cost to see). None when sysfs does not say."""
+    found: dict[tuple[int, str], str] = {}
+    for index in sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*")):
+        try:
+            level, kind, size, ways, line = (
+                (index / name).read_text().strip()
+                for name in ("level", "type", "size", "ways_of_associativity", "coherency_line_size"))
+            scale = {"K": 1024, "M": 1024 * 1024}.get(size[-1:], 1)
+            found[(int(level), kind)] = f"{int(size.rstrip('KM')) * scale},{int(ways)},{int(line)}"
+        except (OSError, ValueError):
+            return None
+    if not all(key in found for key in _SIMULATED.values()):
+        return None
+    return ["--cache-sim=yes"] + [f"{option}={found[key]}" for option, key in _SIMULATED.items()]
+
+
 class Counted:
-    """A process under callgrind whose instruction count can be zeroed and read."""
+    """A process under callgrind whose event counts (instructions, cache misses) can be zeroed
+    and read."""
 
     def __init__(self, proc: run.Proc, out_dir: Path) -> None:
         self.proc = proc
@@ -89,8 +117,8 @@ class Counted:
     def zero(self) -> None:
         self._control("-z")
 
-    def read(self) -> int:
-        """Instructions since the last zero() or read()."""
+    def read(self) -> dict[str, int]:
+        """Event counts since the last zero() or read(): {"Ir": instructions, ...}."""
         pattern = str(self.out_dir / f"cg.{self.proc.pid}.*")
         for old in glob.glob(pattern):
             os.remove(old)
@@ -99,9 +127,12 @@ class Counted:
         while time.monotonic() < deadline:
             for path in glob.glob(pattern):
                 text = Path(path).read_text(errors="replace")
+                events: list[str] = []
                 for line in text.splitlines():
-                    if line.startswith(("summary:", "totals:")):
-                        return int(line.split()[1])
+                    if line.startswith("events:"):
+                        events = line.split()[1:]
+                    elif line.startswith(("summary:", "totals:")):
+                        return dict(zip(events, map(int, line.split()[1:])))
             time.sleep(0.2)
         raise run.BenchError(f"no callgrind dump from {self.proc.name}")
 
@@ -112,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=800, help="counted requests per target (default 800)")
     p.add_argument("--idle", type=float, default=5.0, help="idle seconds counted per target (default 5)")
     p.add_argument("--output", type=Path, default=run.BENCH / "results" / "instructions.md")
+    p.add_argument("--no-cache-sim", action="store_true", help="count instructions only (faster)")
     args = p.parse_args(argv)
     if not shutil.which("valgrind"):
         print("instructions: valgrind is not installed (apt-get install -y valgrind; "
@@ -125,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("METRION_SECRET_KEY", "METRION_DATA_DIR")}
     env.update(METRION_SECRET_KEY_FILE=str(tmp / "secret.key"), PYTHONDONTWRITEBYTECODE="1")
     procs: list[run.Proc] = []
-    callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p"]
+    cache = None if args.no_cache_sim else cache_options(min(target_cpus) if target_cpus else 0)
+    callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p", *(cache or [])]
 
     def start(name: str, argv: list[str], port: int, cpus_: set[int] | None, line: str | None = None) -> run.Proc:
         proc = run.Proc(name, argv, tmp, cpus_, env)
@@ -133,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait_ready(port=port, line=line, timeout=300)
         return proc
 
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float | None]] = []
     try:
         fake_port = run.free_port()
         start("fake", [run.PYTHON, "-m", "metrion_cli.fakes", f"openai={fake_port}", "--no-record"], fake_port,
@@ -161,17 +194,24 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
             counted.zero()
             time.sleep(args.idle)
-            idle_rate = counted.read() / args.idle
+            idle = counted.read()
             started = time.monotonic()
             send(port, auth, args.requests)
             time.sleep(1.0)  # the writer's last batch of these requests commits within 250 ms
             loaded = counted.read()
             elapsed = time.monotonic() - started
-            per_request = loaded / args.requests
-            net = (loaded - idle_rate * elapsed) / args.requests
-            rows.append((name, per_request, net))
+
+            def net_per_request(events: tuple[str, ...]) -> float:
+                spent = sum(loaded.get(e, 0) for e in events)
+                return (spent - sum(idle.get(e, 0) for e in events) / args.idle * elapsed) / args.requests
+
+            per_request = loaded["Ir"] / args.requests
+            net = net_per_request(("Ir",))
+            l2 = net_per_request(L2_MISSES) if cache else None
+            rows.append((name, per_request, net, l2))
             print(f"{name}: {per_request:,.0f} instructions per request ({net:,.0f} net of "
-                  f"{idle_rate:,.0f}/s idle; {elapsed:.0f} s for {args.requests})", flush=True)
+                  f"{idle['Ir'] / args.idle:,.0f}/s idle; {elapsed:.0f} s for {args.requests})"
+                  + (f"; {l2:,.0f} L2 misses per request net of idle" if l2 is not None else ""), flush=True)
     except run.BenchError as e:
         print(f"instructions: {e}", file=sys.stderr)
         return 1
@@ -180,18 +220,22 @@ def main(argv: list[str] | None = None) -> int:
             proc.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    base, base_net = rows[0][1], rows[0][2]
+    base, base_net, base_l2 = rows[0][1], rows[0][2], rows[0][3]
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                             cwd=run.ROOT).stdout.strip() or "?"
     lines = ["# Instructions per request (callgrind)", "",
              f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, "
              f"git commit: {commit}",
              f"- {args.requests} non-streaming chat completions at c=16 per target, after 300 warm-up; "
-             f"idle rate over {args.idle:g} s", "",
-             "| target | instructions / request | vs lean-master | net of idle | vs lean-master |",
-             "|---|---:|---:|---:|---:|"]
-    for name, per_request, net in rows:
-        lines.append(f"| {name} | {per_request:,.0f} | {per_request / base:.3f}x | {net:,.0f} | {net / base_net:.3f}x |")
+             f"idle rate over {args.idle:g} s",
+             f"- caches simulated: {' '.join(cache[1:]) if cache else 'none (--no-cache-sim, or sysfs does not say)'}",
+             "",
+             "| target | instructions / request | vs lean-master | net of idle | vs lean-master |"
+             + (" L2 misses / request, net of idle | vs lean-master |" if base_l2 is not None else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|" if base_l2 is not None else "")]
+    for name, per_request, net, l2 in rows:
+        lines.append(f"| {name} | {per_request:,.0f} | {per_request / base:.3f}x | {net:,.0f} | {net / base_net:.3f}x |"
+                     + (f" {l2:,.0f} | {l2 / base_l2:.2f}x |" if l2 is not None and base_l2 else ""))
     text = "\n".join(lines) + "\n"
     print()
     print(text, end="")

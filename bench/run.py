@@ -833,48 +833,60 @@ def targets_section(res: Results) -> list[str]:
         a, b = m(key, t), m(key, base)
         return a / b * 100 if a is not None and b else None
 
-    s, p = pct("c16_rps", "metrion-stored"), pct("c16_rps", "metrion-passthrough")
-    line(None if s is None else s >= 90,
-         f"rps at c=16 ≥ 90% of lean-master: {s or 0:.0f}% ({m('c16_rps', 'metrion-stored') or 0:,.0f} vs "
-         f"{m('c16_rps', 'lean-master') or 0:,.0f} /s) [{p or 0:.0f}%]")
-
+    # Each target is judged on its paired figure when the run has one: both measured under the
+    # same machine conditions. The figures from runs one after the other are given beside it:
+    # on this kind of VM they put the same code anywhere from 78% to 128% of the lean Master.
     paired = {key: sorted(v) for key, v in res.paired_ratios.items() if v}
 
-    def paired_line(key: str) -> None:
-        if key in paired:
-            v = paired[key]
-            out.append(
-                f"  - the same, both loaded at once (same machine conditions; requests per CPU-second, median "
-                f"of {len(v)} rounds' ratios, metrion-stored only): {statistics.median(v) * 100:.0f}% "
-                f"({v[0] * 100:.0f}–{v[-1] * 100:.0f}%)")
+    def paired_pct(key: str) -> float | None:
+        return statistics.median(paired[key]) * 100 if key in paired else None
 
-    paired_line("paired_rpc")
+    def paired_text(key: str) -> str:
+        v = paired[key]
+        return (f"{statistics.median(v) * 100:.0f}% both loaded at once (requests per CPU-second, median of "
+                f"{len(v)} rounds' ratios, {v[0] * 100:.0f}–{v[-1] * 100:.0f}%)")
+
+    s, p = pct("c16_rps", "metrion-stored"), pct("c16_rps", "metrion-passthrough")
+    unpaired = (f"{s or 0:.0f}% ({m('c16_rps', 'metrion-stored') or 0:,.0f} vs "
+                f"{m('c16_rps', 'lean-master') or 0:,.0f} /s) [{p or 0:.0f}%]")
+    judged = paired_pct("paired_rpc")
+    if judged is None:
+        line(None if s is None else s >= 90, f"rps at c=16 ≥ 90% of lean-master: {unpaired}")
+    else:
+        line(judged >= 90, f"rps at c=16 ≥ 90% of lean-master: {paired_text('paired_rpc')}; "
+                           f"in runs one after the other: {unpaired}")
 
     def added(t: str) -> float | None:
         a, b = m("c1_p50", t), m("c1_p50", "lean-master")
         return a - b if a is not None and b is not None else None
 
     s, p = added("metrion-stored"), added("metrion-passthrough")
-    line(None if s is None else s <= 0.1,
-         f"adds ≤ 0.1 ms p50 at c=1 over lean-master: {s or 0:+.3f} ms ({m('c1_p50', 'metrion-stored') or 0:.3f} "
-         f"vs {m('c1_p50', 'lean-master') or 0:.3f} ms) [{p or 0:+.3f} ms]")
-    if res.paired_added:
+    unpaired = (f"{s or 0:+.3f} ms ({m('c1_p50', 'metrion-stored') or 0:.3f} vs "
+                f"{m('c1_p50', 'lean-master') or 0:.3f} ms) [{p or 0:+.3f} ms]")
+    if not res.paired_added:
+        line(None if s is None else s <= 0.1, f"adds ≤ 0.1 ms p50 at c=1 over lean-master: {unpaired}")
+    else:
         v = sorted(res.paired_added)
-        out.append(
-            f"  - the same, request by request (one to lean-master, one to metrion-stored, and again; "
-            f"median of {len(v)} rounds' median differences, {v[0]:+.3f} to {v[-1]:+.3f}): "
-            f"{statistics.median(v):+.3f} ms")
+        judged = statistics.median(v)
+        line(judged <= 0.1,
+             f"adds ≤ 0.1 ms p50 at c=1 over lean-master: {judged:+.3f} ms request by request (one to "
+             f"lean-master, one to metrion-stored, and again; median of {len(v)} rounds' median "
+             f"differences, {v[0]:+.3f} to {v[-1]:+.3f}); wrk runs one after the other: {unpaired}")
 
     # Metrion streams SSE chunk by chunk (never buffers): its baseline is the lean Master that
     # streams too. The buffering lean-master is shown for information only.
     base = "lean-master-streaming"
     s, p = pct("s4_rps", "metrion-stored", base), pct("s4_rps", "metrion-passthrough", base)
     b = pct("s4_rps", "metrion-stored", "lean-master")
-    line(None if s is None else s >= 90,
-         f"streaming rps at c=4 ≥ 90% of {base}: {s or 0:.0f}% ({m('s4_rps', 'metrion-stored') or 0:,.0f} vs "
-         f"{m('s4_rps', base) or 0:,.0f} /s) [{p or 0:.0f}%]; for information, lean-master buffering the "
-         f"stream: {m('s4_rps', 'lean-master') or 0:,.0f} /s ({b or 0:.0f}%)")
-    paired_line("paired_stream_rpc")
+    unpaired = (f"{s or 0:.0f}% ({m('s4_rps', 'metrion-stored') or 0:,.0f} vs {m('s4_rps', base) or 0:,.0f} /s) "
+                f"[{p or 0:.0f}%]; for information, lean-master buffering the stream: "
+                f"{m('s4_rps', 'lean-master') or 0:,.0f} /s ({b or 0:.0f}%)")
+    judged = paired_pct("paired_stream_rpc")
+    if judged is None:
+        line(None if s is None else s >= 90, f"streaming rps at c=4 ≥ 90% of {base}: {unpaired}")
+    else:
+        line(judged >= 90, f"streaming rps at c=4 ≥ 90% of {base}: {paired_text('paired_stream_rpc')}; "
+                           f"in runs one after the other: {unpaired}")
 
     soak = res.soak.get("metrion-stored")
     g = soak and soak["growth_mb_per_100k"]
