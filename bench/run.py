@@ -924,7 +924,8 @@ def machine_lines(bench: Bench, elapsed: float | None) -> list[str]:
     except ImportError:
         mitm = "?"
     commit = run("git", "rev-parse", "--short=12", "HEAD") or "?"
-    if run("git", "status", "--porcelain", "--untracked-files=no"):
+    # The bench's own earlier output is not a change to what is measured.
+    if run("git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"):
         commit += " (with uncommitted changes)"
     wrk = (run("wrk", "-v") or "").splitlines()
     s = bench.s
