@@ -846,15 +846,18 @@ def targets_section(res: Results) -> list[str]:
         return (f"{statistics.median(v) * 100:.0f}% both loaded at once (requests per CPU-second, median of "
                 f"{len(v)} rounds' ratios, {v[0] * 100:.0f}–{v[-1] * 100:.0f}%)")
 
+    def rate_line(what: str, key: str, unpaired_pct: float | None, unpaired: str) -> None:
+        """A ≥ 90% target: judged on the paired figure `key` when there is one."""
+        judged = paired_pct(key)
+        if judged is None:
+            line(None if unpaired_pct is None else unpaired_pct >= 90, f"{what}: {unpaired}")
+        else:
+            line(judged >= 90, f"{what}: {paired_text(key)}; in runs one after the other: {unpaired}")
+
     s, p = pct("c16_rps", "metrion-stored"), pct("c16_rps", "metrion-passthrough")
-    unpaired = (f"{s or 0:.0f}% ({m('c16_rps', 'metrion-stored') or 0:,.0f} vs "
-                f"{m('c16_rps', 'lean-master') or 0:,.0f} /s) [{p or 0:.0f}%]")
-    judged = paired_pct("paired_rpc")
-    if judged is None:
-        line(None if s is None else s >= 90, f"rps at c=16 ≥ 90% of lean-master: {unpaired}")
-    else:
-        line(judged >= 90, f"rps at c=16 ≥ 90% of lean-master: {paired_text('paired_rpc')}; "
-                           f"in runs one after the other: {unpaired}")
+    rate_line("rps at c=16 ≥ 90% of lean-master", "paired_rpc", s,
+              f"{s or 0:.0f}% ({m('c16_rps', 'metrion-stored') or 0:,.0f} vs "
+              f"{m('c16_rps', 'lean-master') or 0:,.0f} /s) [{p or 0:.0f}%]")
 
     def added(t: str) -> float | None:
         a, b = m("c1_p50", t), m("c1_p50", "lean-master")
@@ -878,15 +881,10 @@ def targets_section(res: Results) -> list[str]:
     base = "lean-master-streaming"
     s, p = pct("s4_rps", "metrion-stored", base), pct("s4_rps", "metrion-passthrough", base)
     b = pct("s4_rps", "metrion-stored", "lean-master")
-    unpaired = (f"{s or 0:.0f}% ({m('s4_rps', 'metrion-stored') or 0:,.0f} vs {m('s4_rps', base) or 0:,.0f} /s) "
-                f"[{p or 0:.0f}%]; for information, lean-master buffering the stream: "
-                f"{m('s4_rps', 'lean-master') or 0:,.0f} /s ({b or 0:.0f}%)")
-    judged = paired_pct("paired_stream_rpc")
-    if judged is None:
-        line(None if s is None else s >= 90, f"streaming rps at c=4 ≥ 90% of {base}: {unpaired}")
-    else:
-        line(judged >= 90, f"streaming rps at c=4 ≥ 90% of {base}: {paired_text('paired_stream_rpc')}; "
-                           f"in runs one after the other: {unpaired}")
+    rate_line(f"streaming rps at c=4 ≥ 90% of {base}", "paired_stream_rpc", s,
+              f"{s or 0:.0f}% ({m('s4_rps', 'metrion-stored') or 0:,.0f} vs {m('s4_rps', base) or 0:,.0f} /s) "
+              f"[{p or 0:.0f}%]; for information, lean-master buffering the stream: "
+              f"{m('s4_rps', 'lean-master') or 0:,.0f} /s ({b or 0:.0f}%)")
 
     soak = res.soak.get("metrion-stored")
     g = soak and soak["growth_mb_per_100k"]
