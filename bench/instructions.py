@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     base, base_net, base_l2 = rows[0][1], rows[0][2], rows[0][3]
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                             cwd=run.ROOT).stdout.strip() or "?"
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"],
+                      capture_output=True, text=True, cwd=run.ROOT).stdout.strip():
+        commit += " (with uncommitted changes)"
     lines = ["# Instructions per request (callgrind)", "",
              f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, "
              f"git commit: {commit}",
@@ -235,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---:|---:|---:|---:|" + ("---:|---:|" if base_l2 is not None else "")]
     for name, per_request, net, l2 in rows:
         lines.append(f"| {name} | {per_request:,.0f} | {per_request / base:.3f}x | {net:,.0f} | {net / base_net:.3f}x |"
-                     + (f" {l2:,.0f} | {l2 / base_l2:.2f}x |" if l2 is not None and base_l2 else ""))
+                     + ("" if base_l2 is None else f" {l2:,.0f} | {l2 / base_l2:.2f}x |" if l2 is not None and base_l2 > 0
+                        else " n/a | n/a |"))
     text = "\n".join(lines) + "\n"
     print()
     print(text, end="")

@@ -40,6 +40,8 @@ def test_the_writer_thread_runs_nicer_than_the_proxy_and_only_it(data_dir):
     paths = resolve(data_dir)
     dbmod.initialise(paths)
     own = os.getpriority(os.PRIO_PROCESS, 0)
+    if own >= 19:
+        pytest.skip("the tests already run at the lowest priority: nothing to lower")
     writer = Writer(paths.metrion_db).start()
     try:
         deadline = time.monotonic() + 10
