@@ -33,7 +33,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 # Instructions per request under valgrind's callgrind: steadier than time, for judging a change
-# to the hot path (bench/instructions.py); about 3 minutes. valgrind is Debian's package.
+# to the hot path, and simulated L2 misses (bench/instructions.py); about 7 minutes. valgrind is
+# Debian's package.
 bench-instructions: $(STAMP)
 	@command -v valgrind >/dev/null 2>&1 || apt-get install -y valgrind || (apt-get update && apt-get install -y valgrind)
 	$(VENV)/bin/python bench/instructions.py

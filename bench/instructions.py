@@ -154,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     target_cpus, load_cpus = ({cpus[-1]}, {cpus[0]}) if len(cpus) >= 2 else (None, None)
     if load_cpus:
         os.sched_setaffinity(0, load_cpus)
-    env = {k: v for k, v in os.environ.items() if k not in ("METRION_SECRET_KEY", "METRION_DATA_DIR")}
-    env.update(METRION_SECRET_KEY_FILE=str(tmp / "secret.key"), PYTHONDONTWRITEBYTECODE="1")
+    env = run.bench_environment(tmp)
     procs: list[run.Proc] = []
     cache = None if args.no_cache_sim else cache_options(min(target_cpus) if target_cpus else 0)
     callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p", *(cache or [])]

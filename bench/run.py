@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime
+import functools
 import json
 import os
 import platform
@@ -100,6 +101,19 @@ def _child_setup(cpus: set[int] | None, pdeathsig: bool) -> Callable[[], None]:
         if pdeathsig:
             _set_pdeathsig()
     return setup
+
+
+def bench_environment(tmp: Path) -> dict:
+    """The environment of every process the bench starts: no proxy settings, no Metrion key or
+    data directory of the user's; the master key goes to a file in `tmp`."""
+    env = dict(os.environ)
+    for name in ("METRION_SECRET_KEY", "METRION_DATA_DIR", "HTTP_PROXY", "HTTPS_PROXY",
+                 "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(name, None)
+    # The master key goes to a temp file: the user's config is never touched.
+    env["METRION_SECRET_KEY_FILE"] = str(tmp / "secret.key")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
 
 
 def metrion_cli(env: dict, data: Path, *args: str, input: str | None = None, check: bool = True) -> str:
@@ -344,14 +358,7 @@ class Bench:
     # ---- set-up ----
 
     def _environment(self) -> dict:
-        env = dict(os.environ)
-        for name in ("METRION_SECRET_KEY", "METRION_DATA_DIR", "HTTP_PROXY", "HTTPS_PROXY",
-                     "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-            env.pop(name, None)
-        # The master key goes to a temp file: the user's config is never touched.
-        env["METRION_SECRET_KEY_FILE"] = str(self.tmp / "secret.key")
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        return env
+        return bench_environment(self.tmp)
 
     def start(self, name: str, argv: list[str], port: int | None = None, line: str | None = None) -> Proc:
         cpus = self.load_cpus if name == "fake" else self.proxy_cpus
@@ -395,8 +402,7 @@ class Bench:
                                    proc, streaming_only=True))
 
         data = self.metrion_data = self.tmp / "data"
-        token = set_up_bench_account(lambda *cmd, **kw: self.metrion_cli(*cmd, data=data, **kw),
-                                     self.results.info)
+        token = set_up_bench_account(functools.partial(metrion_cli, self.env, data), self.results.info)
         port = free_port()
         proc = self.start("metrion", [
             str(VENV_BIN / "metrion"), "--data-dir", str(data), "serve", "--port", f"openai={port}",

@@ -1,5 +1,5 @@
-"""The Writer never stops on a row it cannot store or count: the row is stored escaped and
-the rows after it are written."""
+"""The Writer never stops on a row it cannot store or count (the row is stored escaped and
+the rows after it are written), and its thread yields the core to the proxy's."""
 
 import os
 import sys
