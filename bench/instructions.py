@@ -44,19 +44,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (bench/run.py: processes, ports, the bench's keys)
 
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
+# As bench/lua/chat.lua's stream mode: an SSE stream of 20 content chunks.
+STREAM_BODY = BODY.replace(b'"messages"', b'"stream":true,"messages"', 1)
+STREAM_HEADERS = {"Accept": "text/event-stream", "x-fake-chunks": "20"}
 CONNECTIONS = 16
+STREAM_CONNECTIONS = 4  # as the bench's stream figures (c=4)
 
 
-def send(port: int, auth: str, requests: int) -> None:
-    """`requests` chat completions over CONNECTIONS keep-alive connections; each must be a 200."""
+def send(port: int, auth: str, requests: int, stream: bool = False) -> None:
+    """`requests` chat completions (SSE streams with `stream`) over keep-alive connections, each
+    read whole; each must be a 200."""
     failures: list[str] = []
+    body, extra = (STREAM_BODY, STREAM_HEADERS) if stream else (BODY, {})
+    connections = STREAM_CONNECTIONS if stream else CONNECTIONS
 
     def connection(count: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         try:
             for _ in range(count):
-                conn.request("POST", "/v1/chat/completions", BODY,
-                             {"Authorization": auth, "Content-Type": "application/json"})
+                conn.request("POST", "/v1/chat/completions", body,
+                             {"Authorization": auth, "Content-Type": "application/json", **extra})
                 response = conn.getresponse()
                 response.read()
                 if response.status != 200:
@@ -67,7 +74,7 @@ def send(port: int, auth: str, requests: int) -> None:
         finally:
             conn.close()
 
-    counts = [requests // CONNECTIONS + (i < requests % CONNECTIONS) for i in range(CONNECTIONS)]
+    counts = [requests // connections + (i < requests % connections) for i in range(connections)]
     threads = [threading.Thread(target=connection, args=(count,)) for count in counts if count]
     for t in threads:
         t.start()
@@ -142,9 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="Example: .venv/bin/python bench/instructions.py --requests 2000")
     p.add_argument("--requests", type=int, default=800, help="counted requests per target (default 800)")
     p.add_argument("--idle", type=float, default=5.0, help="idle seconds counted per target (default 5)")
-    p.add_argument("--output", type=Path, default=run.BENCH / "results" / "instructions.md")
+    p.add_argument("--stream", action="store_true",
+                   help="SSE streams of 20 chunks at c=4, against the lean Master streaming them "
+                        "(bench/lean_master.py --stream), instead of JSON at c=16")
+    p.add_argument("--output", type=Path,
+                   help="default bench/results/instructions.md (instructions-stream.md with --stream)")
     p.add_argument("--no-cache-sim", action="store_true", help="count instructions only (faster)")
     args = p.parse_args(argv)
+    if args.output is None:
+        args.output = run.BENCH / "results" / ("instructions-stream.md" if args.stream else "instructions.md")
     if not shutil.which("valgrind"):
         print("instructions: valgrind is not installed (apt-get install -y valgrind; "
               "`make bench-instructions` does it)", file=sys.stderr)
@@ -177,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             raise run.BenchError("; ".join(skipped))
 
         lean_port, metrion_port = run.free_port(), run.free_port()
-        lean = Counted(start("lean-master", callgrind + [
-            run.PYTHON, str(run.BENCH / "lean_master.py"), "--upstream", upstream, "--port", str(lean_port),
+        base_name = "lean-master-streaming" if args.stream else "lean-master"
+        lean = Counted(start(base_name, callgrind + [
+            run.PYTHON, str(run.BENCH / "lean_master.py"), *(["--stream"] if args.stream else []), "--upstream", upstream, "--port", str(lean_port),
             "--confdir", str(tmp / "lean-conf")], lean_port, target_cpus), tmp)
         gateway = Counted(start("metrion", callgrind + [
             str(run.VENV_BIN / "metrion"), "--data-dir", str(tmp / "data"), "serve", "--port",
@@ -186,16 +200,16 @@ def main(argv: list[str] | None = None) -> int:
             metrion_port, target_cpus, line="metrion: ready"), tmp)
 
         for name, counted, port, auth in (
-                ("lean-master", lean, lean_port, f"Bearer {run.STORED_KEY}"),
+                (base_name, lean, lean_port, f"Bearer {run.STORED_KEY}"),
                 ("metrion-stored", gateway, metrion_port, f"Bearer {token}"),
                 ("metrion-passthrough", gateway, metrion_port, f"Bearer {run.PASSTHROUGH_KEY}")):
-            send(port, auth, 300)  # warm-up: caches filled, first-request imports done
+            send(port, auth, 300, args.stream)  # warm-up: caches filled, first-request imports done
             time.sleep(1.0)
             counted.zero()
             time.sleep(args.idle)
             idle = counted.read()
             started = time.monotonic()
-            send(port, auth, args.requests)
+            send(port, auth, args.requests, args.stream)
             time.sleep(1.0)  # the writer's last batch of these requests commits within 250 ms
             loaded = counted.read()
             elapsed = time.monotonic() - started
@@ -228,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Instructions per request (callgrind)", "",
              f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, "
              f"git commit: {commit}",
-             f"- {args.requests} non-streaming chat completions at c=16 per target, after 300 warm-up; "
+             (f"- {args.requests} streamed chat completions (20 chunks) at c={STREAM_CONNECTIONS} per target, "
+              "the lean Master streaming them too; " if args.stream else
+              f"- {args.requests} non-streaming chat completions at c={CONNECTIONS} per target, ")
+             + "after 300 warm-up; "
              f"idle rate over {args.idle:g} s",
              f"- caches simulated: {' '.join(cache[1:]) if cache else 'none (--no-cache-sim, or sysfs does not say)'}",
              "",
-             "| target | instructions / request | vs lean-master | net of idle | vs lean-master |"
-             + (" L2 misses / request, net of idle | vs lean-master |" if base_l2 is not None else ""),
+             f"| target | instructions / request | vs {rows[0][0]} | net of idle | vs {rows[0][0]} |"
+             + (f" L2 misses / request, net of idle | vs {rows[0][0]} |" if base_l2 is not None else ""),
              "|---|---:|---:|---:|---:|" + ("---:|---:|" if base_l2 is not None else "")]
     for name, per_request, net, l2 in rows:
         lines.append(f"| {name} | {per_request:,.0f} | {per_request / base:.3f}x | {net:,.0f} | {net / base_net:.3f}x |"
