@@ -29,7 +29,7 @@ def reference_replace(fields, name, encoded):
 
 
 @settings(max_examples=300, deadline=None)
-@given(fields=fields_strategy, steps=st.lists(st.tuples(st.sampled_from(["get", "replace", "remove", "other"]),
+@given(fields=fields_strategy, steps=st.lists(st.tuples(st.sampled_from(["get", "replace", "remove", "add", "other"]),
                                                         st.sampled_from(WANTED), st.text(max_size=4)), max_size=6))
 def test_reads_and_writes_match_a_plain_loop(fields, steps):
     h = Headers(fields)
@@ -40,12 +40,18 @@ def test_reads_and_writes_match_a_plain_loop(fields, steps):
             values = reference_get_all(expected, name)
             assert headers.get(h, name, "-") == (", ".join(values) if values else "-")
             assert headers.get_all(h, name) == h.get_all(name)  # mitmproxy's own answer
+            wanted = frozenset({name, b"host"})
+            assert headers.pick(h, wanted) == {
+                n: ", ".join(reference_get_all(expected, n)) for n in wanted if reference_get_all(expected, n)}
         elif op == "replace":
             headers.replace(h, name, value)
             expected = reference_replace(expected, name, value.encode("utf-8", "surrogateescape"))
         elif op == "remove":
             headers.remove(h, {name, b"x-metrion-user"})
             expected = tuple(f for f in expected if f[0].lower() not in {name, b"x-metrion-user"})
+        elif op == "add":  # changed through mitmproxy's own API: a new fields tuple
+            h.add(name.decode().title(), value)
+            expected = (*expected, (name.decode().title().encode(), value.encode("utf-8", "surrogateescape")))
         else:  # another request's headers read in between
             headers.get_all(Headers([(b"Authorization", b"other")]), name)
         assert h.fields == expected
