@@ -28,7 +28,6 @@ from addons.store import Store
 from metrion_cli.db import iso_from_epoch
 
 logger = logging.getLogger("metrion")
-_now = time.time  # read once per chunk: the watchdog's sign of life
 
 # Bodies announced this small are buffered by mitmproxy: cheaper than streaming them (one write
 # to the client instead of headers and body apart), and no client waits on a stream.
@@ -88,7 +87,7 @@ class SSETap:
     back an unfinished one, and drops the events `hide_event` names.
     """
 
-    __slots__ = ("reader", "parser", "decode", "read_bytes", "broken", "hide_event", "held", "last_chunk_at",
+    __slots__ = ("reader", "parser", "decode", "read_bytes", "broken", "hide_event", "held",
                  "needs", "unread", "unread_bytes")
     streamed = True
 
@@ -99,13 +98,14 @@ class SSETap:
         self.broken: str | None = None
         self.hide_event = hide_event if encoding in ("", "identity") else None
         self.held = b""
-        self.last_chunk_at = 0.0
         self.unread: list[bytes] = []
         self.unread_bytes = 0
-        try:
-            self.decode = incremental_decoder(encoding)
-        except ValueError as e:
-            self.decode, self.broken = None, str(e)
+        self.decode = None
+        if encoding:  # nearly always absent
+            try:
+                self.decode = incremental_decoder(encoding)
+            except ValueError as e:
+                self.broken = str(e)
         self.needs = getattr(reader, "needs", None) if self.decode is None and self.hide_event is None else None
 
     @property
@@ -124,7 +124,6 @@ class SSETap:
         return self.pass_on(chunk)
 
     def pass_on(self, chunk: bytes) -> bytes:
-        self.last_chunk_at = _now()
         self.unread.append(chunk)
         self.unread_bytes += len(chunk)
         if self.unread_bytes > MAX_HELD_FOR_READING:
@@ -179,7 +178,11 @@ class SSETap:
         if not 0 < cut < len(whole):  # one event, or blank lines left over from a split
             self._read(whole)
             return
-        self._read_wanted(whole[:cut])
+        if first:  # one event: no need to look for a split in it
+            if self.needs(whole[:cut]):
+                self._read(whole[:cut])
+        else:
+            self._read_wanted(whole[:cut])
         self._read_wanted(whole[cut:])
 
     def _read(self, data: bytes) -> bool:
@@ -196,7 +199,6 @@ class SSETap:
         return hide
 
     def _filter(self, chunk: bytes) -> list[bytes]:
-        self.last_chunk_at = _now()
         data = self.held + chunk
         cuts = [m.end() for m in _EVENT_END.finditer(data)]
         if not chunk:
@@ -251,7 +253,7 @@ class BodyTap:
     """The `flow.response.stream` callable for other bodies: passes chunks on, keeps a copy
     (whole up to MAX_BODY_COPY, else its first and last EDGE_BYTES)."""
 
-    __slots__ = ("chunks", "head", "tail", "bytes", "encoding", "last_chunk_at")
+    __slots__ = ("chunks", "head", "tail", "bytes", "encoding")
     streamed = False
 
     def __init__(self, encoding: str) -> None:
@@ -259,10 +261,8 @@ class BodyTap:
         self.head = self.tail = b""
         self.bytes = 0
         self.encoding = encoding
-        self.last_chunk_at = 0.0
 
     def __call__(self, chunk: bytes) -> bytes:
-        self.last_chunk_at = time.time()
         self.bytes += len(chunk)
         if self.chunks is not None:
             self.chunks.append(chunk)

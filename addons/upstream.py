@@ -77,9 +77,16 @@ class UpstreamErrors:
                     continue
                 # The last sign of life: the request sent, the answer's headers, its last chunk.
                 response = flow.response
-                last = max(flow.request.timestamp_end,
-                           response.timestamp_start or 0.0 if response else 0.0,
-                           getattr(meta.get("tap"), "last_chunk_at", 0.0))
+                last = max(flow.request.timestamp_end, response.timestamp_start or 0.0 if response else 0.0)
+                tap = meta.get("tap")
+                if tap is not None:
+                    # A body's progress is its byte count moving between two passes: the taps
+                    # do not read the clock for each chunk. A stall is thus noticed up to one
+                    # pass (a quarter of the timeout at most) later than its last byte.
+                    seen = meta.get("bytes_seen")
+                    if seen is None or seen[0] != tap.bytes:
+                        meta["bytes_seen"] = seen = (tap.bytes, now)
+                    last = max(last, seen[1])
                 if now - last > timeout and not meta.get("timed_out"):
                     meta["timed_out"] = f"no bytes from the upstream for {timeout} s"
                     self._close_upstream(flow)
