@@ -5,7 +5,7 @@ Fills a freshly `metrion init`ed data directory with ROWS requests through the r
 holding half of it), starts `metrion ui` on a free port, and times the Logs and Latency pages
 as a browser asks for them (one keep-alive connection, whole body read). Then runs
 `metrion export big` RUNS times, each in a fresh wrapper process that reports its child's peak
-RSS. Prints one JSON line.
+RSS. Prints one JSON line. `--fill-only` and `--filled` split the filling from the timing.
 
     .venv/bin/python bench/dashboard_bench.py --data-dir /tmp/x/data --rows 1000000
 """
@@ -128,9 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--runs", type=int, default=3, help="runs of each figure")
     p.add_argument("--fetches", type=int, default=10, help="page loads per run (after 2 warm-ups)")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, help="port for `metrion ui` (required unless --fill-only)")
+    p.add_argument("--fill-only", action="store_true",
+                   help="fill the data directory and stop (bench/run.py fills it during the soak)")
+    p.add_argument("--filled", action="store_true",
+                   help="the data directory holds the --rows requests of an earlier --fill-only run")
     args = p.parse_args(argv)
-    result: dict = {"rows": args.rows, "fill_seconds": fill(args.data_dir, args.rows)}
+    if args.fill_only:
+        print(json.dumps({"rows": args.rows, "fill_seconds": fill(args.data_dir, args.rows)}))
+        return 0
+    if args.port is None:
+        p.error("--port is required")
+    result: dict = {"rows": args.rows}
+    if not args.filled:
+        result["fill_seconds"] = fill(args.data_dir, args.rows)
     ui = start_ui(args.data_dir, args.port)
     try:
         for name, path in PAGES.items():
