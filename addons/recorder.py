@@ -88,7 +88,7 @@ class SSETap:
     """
 
     __slots__ = ("reader", "parser", "decode", "read_bytes", "broken", "hide_event", "held",
-                 "needs", "unread", "unread_bytes")
+                 "needs", "unread", "unread_bytes", "filtered_in")
     streamed = True
 
     def __init__(self, reader: providers.StreamReader, encoding: str, hide_event=None) -> None:
@@ -98,6 +98,7 @@ class SSETap:
         self.broken: str | None = None
         self.hide_event = hide_event if encoding in ("", "identity") else None
         self.held = b""
+        self.filtered_in = 0  # bytes that reached _filter (hiding events), passed on or not
         self.unread: list[bytes] = []
         self.unread_bytes = 0
         self.decode = None
@@ -112,6 +113,12 @@ class SSETap:
     def bytes(self) -> int:
         """Bytes passed on to the client so far."""
         return self.read_bytes + self.unread_bytes
+
+    @property
+    def progress(self) -> int:
+        """Moves whenever a chunk arrives: the upstream watchdog's sign of life. Hiding events,
+        a chunk may pass nothing on (half an event, or a hidden one)."""
+        return self.read_bytes + self.unread_bytes + self.filtered_in
 
     def stream_callable(self):
         """What `flow.response.stream` is set to: `pass_on` itself when no event is hidden, so
@@ -199,6 +206,7 @@ class SSETap:
         return hide
 
     def _filter(self, chunk: bytes) -> list[bytes]:
+        self.filtered_in += len(chunk)
         data = self.held + chunk
         cuts = [m.end() for m in _EVENT_END.finditer(data)]
         if not chunk:
@@ -272,6 +280,11 @@ class BodyTap:
         elif chunk:
             self.tail = (self.tail + chunk)[-EDGE_BYTES:]
         return chunk
+
+    @property
+    def progress(self) -> int:
+        """Moves whenever a chunk arrives: the upstream watchdog's sign of life."""
+        return self.bytes
 
     def result(self, provider, path: str) -> tuple[str | None, Usage, str | None]:
         if self.chunks is None:

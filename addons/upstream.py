@@ -81,11 +81,12 @@ class UpstreamErrors:
                 tap = meta.get("tap")
                 if tap is not None:
                     # A body's progress is its byte count moving between two passes: the taps
-                    # do not read the clock for each chunk. A stall is thus noticed up to one
-                    # pass (a quarter of the timeout at most) later than its last byte.
+                    # do not read the clock for each chunk. A chunk is thus dated by the pass
+                    # that sees it, and a stall noticed up to two passes after the timeout.
+                    progress = tap.progress
                     seen = meta.get("bytes_seen")
-                    if seen is None or seen[0] != tap.bytes:
-                        meta["bytes_seen"] = seen = (tap.bytes, now)
+                    if seen is None or seen[0] != progress:
+                        meta["bytes_seen"] = seen = (progress, now)
                     last = max(last, seen[1])
                 if now - last > timeout and not meta.get("timed_out"):
                     meta["timed_out"] = f"no bytes from the upstream for {timeout} s"

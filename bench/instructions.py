@@ -21,7 +21,9 @@ hundreds at full speed: it weighs more here.
 Callgrind also simulates this machine's caches (`--cache-sim`, geometry from sysfs: its L1s,
 and its per-core L2 as the last level), and the table gives the L2 misses per request: each is
 a trip to L3 or memory, tens of cycles, which instruction counts do not show. `--no-cache-sim`
-skips it (about 3 minutes instead of 7). Writes bench/results/instructions.md.
+skips it (about 3 minutes instead of 7). Writes bench/results/instructions.md. `--stream`
+counts streamed requests (20 chunks, 4 connections) against the lean Master streaming them,
+into bench/results/instructions-stream.md.
 """
 
 from __future__ import annotations

@@ -820,8 +820,8 @@ def measure_dashboard(bench: Bench) -> None:
         argv.append("--filled")
     result = run_script(argv, "dashboard bench", bench.env, 600)
     fill_note = "filled through the Writer in {:.0f} s".format(result["fill_seconds"]) if filled is None else (
-        "filled through the Writer in {:.0f} s during the soak, on the load core at a lower priority "
-        "than the load".format(filled["fill_seconds"]))
+        "filled through the Writer in {:.0f} s during the soak, {} at a lower priority than the load".format(
+            filled["fill_seconds"], "on the load core" if bench.pinned else "unpinned"))
     for key, values in (("dash_logs", result["logs_ms"]), ("dash_latency", result["latency_ms"]),
                         ("export_s", result["export_seconds"]), ("export_mb", result["export_peak_mb"])):
         for value in values:

@@ -143,3 +143,16 @@ def test_usage_split_over_data_lines_after_its_key_is_read():
         out, usage, model = tap_through("openai", "/v1/chat/completions", events)
         assert out == stream
         assert (model, usage.input_tokens, usage.output_tokens, usage.note) == ("gpt-4o-mini", 5, 7, None), eol
+
+
+def test_progress_moves_with_every_chunk_even_when_nothing_is_passed_on():
+    """The upstream watchdog's sign of life: half an event, or a hidden usage event, passes
+    nothing on to the client, yet the upstream is alive and must not be cut off."""
+    tap = SSETap(providers.get("openai").stream_reader("/v1/chat/completions"), "", openai.is_usage_only_event)
+    usage = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n'
+    seen = [tap.progress]
+    for chunk in (b'data: {"id":"c","choices":[{"delta":{"content":"Hi"}}]', b"}\n\n", usage[:40], usage[40:]):
+        tap(chunk)
+        assert tap.progress > seen[-1], chunk
+        seen.append(tap.progress)
+    assert tap.bytes == len(b'data: {"id":"c","choices":[{"delta":{"content":"Hi"}}]}\n\n')  # the usage event was hidden
