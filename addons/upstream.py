@@ -84,9 +84,9 @@ class UpstreamErrors:
                     # do not read the clock for each chunk. A chunk is thus dated by the pass
                     # that sees it, and a stall noticed up to two passes after the timeout.
                     progress = tap.progress
-                    seen = meta.get("bytes_seen")
+                    seen = meta.get("progress_seen")
                     if seen is None or seen[0] != progress:
-                        meta["bytes_seen"] = seen = (progress, now)
+                        meta["progress_seen"] = seen = (progress, now)
                     last = max(last, seen[1])
                 if now - last > timeout and not meta.get("timed_out"):
                     meta["timed_out"] = f"no bytes from the upstream for {timeout} s"

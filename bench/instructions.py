@@ -236,11 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     base, base_net, base_l2 = rows[0][1], rows[0][2], rows[0][3]
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            cwd=run.ROOT).stdout.strip() or "?"
-    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"],
-                      capture_output=True, text=True, cwd=run.ROOT).stdout.strip():
-        commit += " (with uncommitted changes)"
+    commit = run.commit_label()
     lines = ["# Instructions per request (callgrind)", "",
              f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}, "
              f"git commit: {commit}",

@@ -97,13 +97,29 @@ def _set_pdeathsig() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _child_setup(cpus: set[int] | None, pdeathsig: bool) -> Callable[[], None]:
+def _child_setup(cpus: set[int] | None, pdeathsig: bool, nice: int = 0) -> Callable[[], None]:
     def setup() -> None:
         if cpus:
             os.sched_setaffinity(0, cpus)
         if pdeathsig:
             _set_pdeathsig()
+        if nice:
+            os.nice(nice)
     return setup
+
+
+def commit_label() -> str:
+    """HEAD's short hash, marked when tracked files differ from it (the bench's own earlier
+    output in bench/results aside: it is not a change to what is measured)."""
+    def git(*args: str) -> str:
+        with contextlib.suppress(Exception):
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+        return ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "?"
+    if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"):
+        commit += " (with uncommitted changes)"
+    return commit
 
 
 def bench_environment(tmp: Path) -> dict:
@@ -713,18 +729,15 @@ class Bench:
         self.metrion_cli("init", data=self.dashboard_data)
         argv = [PYTHON, str(BENCH / "dashboard_bench.py"), "--fill-only", "--data-dir", str(self.dashboard_data),
                 "--rows", str(self.s.dashboard_rows)]
-        setup = _child_setup(self.load_cpus, True)
-
-        def lower_priority() -> None:
-            setup()
-            os.nice(10)
-
         self.dashboard_fill = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                               cwd=ROOT, env=self.env, preexec_fn=lower_priority)
+                                               cwd=ROOT, env=self.env,
+                                               preexec_fn=_child_setup(self.load_cpus, True, nice=10))
 
-    def wait_for_dashboard_fill(self, timeout: float = 600) -> dict | None:
-        """The fill's result once it is done (None if it was never started)."""
-        if self.dashboard_fill is not None and self.dashboard_fill_result is None:
+    def wait_for_dashboard_fill(self, timeout: float = 600) -> dict:
+        """The fill's result once it is done."""
+        if self.dashboard_fill is None:
+            raise BenchError("the dashboard's log was never filled (run() starts it before the soak)")
+        if self.dashboard_fill_result is None:
             try:
                 out, err = self.dashboard_fill.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -811,17 +824,12 @@ def measure_dashboard(bench: Bench) -> None:
     """the dashboard and the export on a big log (bench/dashboard_bench.py)"""
     s = bench.s
     data = bench.dashboard_data
-    argv = [PYTHON, str(BENCH / "dashboard_bench.py"), "--data-dir", str(data), "--rows", str(s.dashboard_rows),
-            "--runs", str(s.runs), "--port", str(free_port())]
     filled = bench.wait_for_dashboard_fill()
-    if filled is None:
-        bench.metrion_cli("init", data=data)
-    else:
-        argv.append("--filled")
+    argv = [PYTHON, str(BENCH / "dashboard_bench.py"), "--data-dir", str(data), "--rows", str(s.dashboard_rows),
+            "--runs", str(s.runs), "--port", str(free_port()), "--filled"]
     result = run_script(argv, "dashboard bench", bench.env, 600)
-    fill_note = "filled through the Writer in {:.0f} s".format(result["fill_seconds"]) if filled is None else (
-        "filled through the Writer in {:.0f} s during the soak, {} at a lower priority than the load".format(
-            filled["fill_seconds"], "on the load core" if bench.pinned else "unpinned"))
+    fill_note = "filled through the Writer in {:.0f} s during the soak, {} at a lower priority than the load".format(
+        filled["fill_seconds"], "on the load core" if bench.pinned else "unpinned")
     for key, values in (("dash_logs", result["logs_ms"]), ("dash_latency", result["latency_ms"]),
                         ("export_s", result["export_seconds"]), ("export_mb", result["export_peak_mb"])):
         for value in values:
@@ -989,10 +997,7 @@ def machine_lines(bench: Bench, elapsed: float | None) -> list[str]:
         from mitmproxy.version import VERSION as mitm
     except ImportError:
         mitm = "?"
-    commit = run("git", "rev-parse", "--short=12", "HEAD") or "?"
-    # The bench's own earlier output is not a change to what is measured.
-    if run("git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"):
-        commit += " (with uncommitted changes)"
+    commit = commit_label()
     wrk = (run("wrk", "-v") or "").splitlines()
     s = bench.s
     pin = (f"pinned with sched_setaffinity: the proxy under test on CPU {min(bench.proxy_cpus)}; wrk, the fake "
