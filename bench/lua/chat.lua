@@ -3,7 +3,7 @@
 --   AUTH_VALUE  the whole Authorization header value, e.g. "Bearer mtr_..."
 --   MODE        json   non-streaming chat completion
 --               stream "stream": true with x-fake-chunks: 20 (an SSE stream of 20 content chunks)
---               mix    three json requests, then one stream, and again (the memory soak)
+--               mix    seven json requests, then one stream, and again (the memory soak)
 -- done() prints one JSON line starting with BENCH_RESULT for bench/run.py to parse.
 
 local json_body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
@@ -34,7 +34,7 @@ function init(args)
    elseif mode == "stream" then
       requests_ = {stream_req}
    elseif mode == "mix" then
-      requests_ = {json_req, json_req, json_req, stream_req}
+      requests_ = {json_req, json_req, json_req, json_req, json_req, json_req, json_req, stream_req}
    else
       error("unknown mode " .. mode)
    end
