@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         lean_port, metrion_port = run.free_port(), run.free_port()
         base_name = "lean-master-streaming" if args.stream else "lean-master"
         lean = Counted(start(base_name, callgrind + [
-            run.PYTHON, str(run.BENCH / "lean_master.py"), *(["--stream"] if args.stream else []), "--upstream", upstream, "--port", str(lean_port),
-            "--confdir", str(tmp / "lean-conf")], lean_port, target_cpus), tmp)
+            run.PYTHON, str(run.BENCH / "lean_master.py"), *(["--stream"] if args.stream else []),
+            "--upstream", upstream, "--port", str(lean_port), "--confdir", str(tmp / "lean-conf")],
+            lean_port, target_cpus), tmp)
         gateway = Counted(start("metrion", callgrind + [
             str(run.VENV_BIN / "metrion"), "--data-dir", str(tmp / "data"), "serve", "--port",
             f"openai={metrion_port}", *run.OTHER_PROVIDERS_OFF, "--upstream", f"openai={upstream}"],

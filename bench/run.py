@@ -370,7 +370,7 @@ class Bench:
         # driver share the other one.
         self.proxy_cpus = {cpus[-1]} if self.pinned else None
         self.load_cpus = {cpus[0]} if self.pinned else None
-        self.env = self._environment()
+        self.env = bench_environment(self.tmp)
         self.fake_url = ""
         self.metrion_data: Path | None = None
         self.background: list[float] = []  # cores busy outside the proxy while it settles
@@ -380,9 +380,6 @@ class Bench:
         self.dashboard_fill_result: dict | None = None
 
     # ---- set-up ----
-
-    def _environment(self) -> dict:
-        return bench_environment(self.tmp)
 
     def start(self, name: str, argv: list[str], port: int | None = None, line: str | None = None) -> Proc:
         cpus = self.load_cpus if name == "fake" else self.proxy_cpus
@@ -1082,7 +1079,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fake-port", type=int, default=0, help="port of the fake upstream (default: a free one)")
     p.add_argument("--quick", action="store_true", help="a fast smoke run: 1 run of 1 s per figure, short soak")
     p.add_argument("--runs", type=int, help="runs per figure (default 3)")
-    p.add_argument("--duration", type=int, help="seconds per wrk run, paired rounds aside (default 4)")
+    p.add_argument("--duration", type=int, help=f"seconds per wrk run, paired rounds aside (default {Settings.duration})")
     p.add_argument("--soak-requests", type=int, help="requests in the memory soak (default 100,000)")
     p.add_argument("--soak-all", action="store_true",
                    help="also soak the baselines (lean-master, bare-mitmdump): about two minutes each")
