@@ -10,9 +10,11 @@
 - Timings from the request's arrival: `ttfb_ms` to the upstream's response headers,
   `latency_ms` to the last byte.
 - A client that goes away mid-stream leaves a row with `client_aborted` and the usage seen.
+- The row is built in the writer's thread from what the finished request leaves (`row_source`):
+  the event loop only takes references, and the body or stream copy is read there. A copy past
+  `MAX_READ_LATER` bytes is read at once, so rows waiting to be built hold little memory.
 """
 
-import asyncio
 import json
 import logging
 import re
@@ -68,6 +70,11 @@ _REQUEST_ID = {name: module.REQUEST_ID_HEADER.encode() if module.REQUEST_ID_HEAD
 # An event ends at a blank line: two line ends in a row. A CR directly followed by LF is one
 # line end (CRLF), never two: without the lookahead a single CRLF would end an event.
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+
+
+# A finished request whose body (or unread stream copy) is larger is read on the event loop, at
+# once: rows waiting for the writer's thread hold at most this much each.
+MAX_READ_LATER = 64 * 1024
 
 
 # Chunks an SSE tap holds before reading them: enough for a whole short stream (read once, at
@@ -359,9 +366,7 @@ class Recorder:
         flow.response.stream = tap.stream_callable() if isinstance(tap, SSETap) else tap
 
     def response(self, flow: http.HTTPFlow) -> None:
-        # mitmproxy sends a buffered answer only after this hook returns: build the row just
-        # after, so it costs no client any latency.
-        asyncio.get_running_loop().call_soon(self._record, flow)
+        self._record(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
@@ -373,31 +378,69 @@ class Recorder:
             return
         meta["recorded"] = True
         try:
-            row = build_row(flow, meta)
-        except Exception as e:  # never lose the row to a parsing bug: keep what is certain
-            logger.error("metrion: could not read the response of %s: %r", flow.request.path.split("?")[0], e)
-            row = build_row(flow, meta, read=False, error=f"metrion could not read the response: {e!r}"[:300])
-        self.store.put_row(row)
+            source = row_source(flow, meta)
+        except Exception as e:  # never lose the row: keep what is certain
+            logger.error("metrion: could not record %s: %r", flow.request.path.split("?")[0], e)
+            source = row_source(flow, meta, read=False)
+        if source[-1] <= MAX_READ_LATER:
+            self.store.put_row_later(finish_row, source)
+        else:
+            self.store.put_row(finish_row(source))
+
+
+def row_source(flow: http.HTTPFlow, meta: dict, read: bool = True) -> tuple:
+    """What the request's row is built from, taken when it is over: the flow's values, not the
+    flow (nothing here changes once it is over, and the flow's own objects are freed as usual).
+    The last item is how many bytes building the row will read."""
+    request, response, error = flow.request.data, flow.response, flow.error
+    answer, to_read = None, 0
+    if response is not None:
+        response = response.data
+        answer = (response.status_code, response.timestamp_start, response.timestamp_end,
+                  response.content, response.headers.fields)
+        if read:
+            tap = meta.get("tap")
+            if tap is not None:
+                to_read = tap.unread_bytes if tap.streamed else tap.bytes
+            elif response.content is not None:
+                to_read = len(response.content)
+    return (meta, request.timestamp_start, request.method, request.path, request.content, answer,
+            (error.msg, flow.client_conn.timestamp_end is not None) if error else None,
+            time.time(), read, to_read)
+
+
+def finish_row(source: tuple) -> tuple:
+    """`build_row` of a `row_source`, never raising: a row whose response cannot be read keeps
+    what is certain and says why."""
+    try:
+        return build_row_from(source)
+    except Exception as e:  # never lose the row to a parsing bug
+        path = source[3].decode("utf-8", "surrogateescape").split("?")[0]
+        logger.error("metrion: could not read the response of %s: %r", path, e)
+        return build_row_from(source[:-2] + (False, 0), error=f"metrion could not read the response: {e!r}"[:300])
 
 
 _NO_USAGE = (None,) * 8  # input_tokens .. usage_note
 
 
 def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | None = None) -> tuple:
+    """The request's row, at once (see `build_row_from`)."""
+    return build_row_from(row_source(flow, meta, read), error)
+
+
+def build_row_from(source: tuple, error: str | None = None) -> tuple:
     """The request's row: its values in `metrion_cli.writer.REQUEST_COLUMNS` order, then the
     month Quota counted it in. A tuple, built once per request: this runs for every request.
-    `read=False` keeps to what is certain (no body or stream read)."""
-    request, response = flow.request.data, flow.response
-    arrived = request.timestamp_start
-    path = request.path.decode("utf-8", "surrogateescape")  # as Request.path gives it, decoded once
+    A source taken with `read=False` keeps to what is certain (no body or stream read)."""
+    meta, arrived, method, path, request_content, answer, failed, now, read, _ = source
+    path = path.decode("utf-8", "surrogateescape")  # as Request.path gives it, decoded once
     provider_name = meta.get("provider")
     status = meta.get("status")
-    ttfb_ms = ended = None
-    if response is not None:
-        status = response.data.status_code
-        if response.data.timestamp_start:
-            ttfb_ms = round((response.data.timestamp_start - arrived) * 1000, 3)
-        ended = response.data.timestamp_end
+    ttfb_ms = ended = response_content = None
+    if answer is not None:
+        status, answered, ended, response_content, response_fields = answer
+        if answered:
+            ttfb_ms = round((answered - arrived) * 1000, 3)
     model = usage = request_id = response_bytes = None
     streamed = client_aborted = 0
     if error is None:
@@ -406,13 +449,13 @@ def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | N
         provider = providers.get(provider_name)
         tap: SSETap | BodyTap | None = meta.get("tap")
         facts = {}
-        if response is not None:
+        if answer is not None:
             # From the responseheaders hook; a response Metrion made itself did not pass
             # there, and a compressed one may have been decoded since (by a mitmdump script):
             # read again.
             facts = meta.get("response_facts")
             if not facts or b"content-encoding" in facts:
-                facts = headers.pick(response.headers, _FACT_HEADERS[provider_name])
+                facts = headers.pick(http.Headers(response_fields), _FACT_HEADERS[provider_name])
             request_id_header = _REQUEST_ID[provider_name]
             if request_id_header is not None:
                 request_id = facts.get(request_id_header)
@@ -421,27 +464,27 @@ def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | N
             streamed = int(tap.streamed)
             response_bytes = tap.bytes
             model, usage, upstream_error = tap.result(provider, path)
-        elif response is not None and response.data.content is not None and not meta.get("refused"):
-            response_bytes = len(response.data.content)
+        elif response_content is not None and not meta.get("refused"):
+            response_bytes = len(response_content)
             model, usage, upstream_error = read_body(
-                provider, path, response.data.content, facts.get(b"content-encoding", ""),
+                provider, path, response_content, facts.get(b"content-encoding", ""),
                 errors=status >= 400)
         if upstream_error and not error and (streamed or status >= 400):
             error = upstream_error
-        if flow.error:
-            error = (meta.get("upstream_error") or flow.error.msg)[:500]
-            client_aborted = int(flow.client_conn.timestamp_end is not None
-                                 or flow.error.msg.startswith("Client disconnected"))
+        if failed:
+            message, client_gone = failed
+            error = (meta.get("upstream_error") or message)[:500]
+            client_aborted = int(client_gone or message.startswith("Client disconnected"))
         if model is None:
-            model = provider.model_from_request(path, json_object(request.content or b""))
+            model = provider.model_from_request(path, json_object(request_content or b""))
     if ended is None:
-        ended = time.time()
+        ended = now
     return (
         iso_from_epoch(arrived),                          # ts
         meta.get("account_id"),
         meta.get("token_id"),
         provider_name,
-        request.method.decode("utf-8", "surrogateescape").upper(),
+        method.decode("utf-8", "surrogateescape").upper(),
         path.split("?", 1)[0][:500],                      # endpoint
         model,
         status,
@@ -450,7 +493,7 @@ def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | N
         *(usage.values() if usage is not None else _NO_USAGE),  # input_tokens .. usage_note
         ttfb_ms,
         round((ended - arrived) * 1000, 3),               # latency_ms
-        len(request.content) if request.content is not None else None,  # request_bytes
+        len(request_content) if request_content is not None else None,  # request_bytes
         response_bytes,
         meta.get("requester"),
         meta.get("mode"),

@@ -133,6 +133,11 @@ class Store:
         if self.writer is not None:
             self.writer.put_values(row)
 
+    def put_row_later(self, build, source) -> None:
+        """A row for the writer's thread to build, as `Writer.put_later` takes it."""
+        if self.writer is not None:
+            self.writer.put_later(build, source)
+
     def done(self) -> None:
         if self._reloader is not None:
             self._reloader.cancel()

@@ -34,9 +34,10 @@ def iso_from_epoch(seconds: float) -> str:
     formatted second is kept and only the milliseconds are added."""
     global _second_prefix
     whole = int(seconds)
-    if _second_prefix[0] != whole:
-        _second_prefix = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
-    return f"{_second_prefix[1]}{int((seconds - whole) * 1000):03d}Z"
+    prefix = _second_prefix  # read once: the writer's thread and the event loop both call this
+    if prefix[0] != whole:
+        prefix = _second_prefix = (whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole)))
+    return f"{prefix[1]}{int((seconds - whole) * 1000):03d}Z"
 
 
 def now_iso() -> str:

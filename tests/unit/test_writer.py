@@ -3,13 +3,14 @@ the rows after it are written), and its thread yields the core to the proxy's.""
 
 import os
 import sys
+import threading
 import time
 
 import pytest
 
 from metrion_cli import db as dbmod
 from metrion_cli.paths import resolve
-from metrion_cli.writer import NICE_INCREMENT, Writer
+from metrion_cli.writer import NICE_INCREMENT, REQUEST_COLUMNS, Writer
 
 
 def row(**fields) -> dict:
@@ -53,3 +54,25 @@ def test_the_writer_thread_runs_nicer_than_the_proxy_and_only_it(data_dir):
     finally:
         writer.close()
     assert writer.written == 1
+
+
+def test_rows_put_later_are_built_in_the_writer_thread_and_a_failing_build_loses_only_its_row(data_dir):
+    paths = resolve(data_dir)
+    dbmod.initialise(paths)
+    built_in = []
+
+    def build(requester):
+        built_in.append(threading.current_thread().name)
+        if requester == "broken":
+            raise ValueError("cannot build this one")
+        values = row(requester=requester)
+        return (*map(values.get, REQUEST_COLUMNS), None)
+
+    writer = Writer(paths.metrion_db, interval=0.01).start()
+    for requester in ("first", "broken", "third"):
+        writer.put_later(build, requester)
+    writer.close()
+    db = dbmod.open_metrion(paths)
+    assert [r["requester"] for r in db.query("SELECT requester FROM requests ORDER BY id")] == ["first", "third"]
+    assert writer.dropped == 1
+    assert set(built_in) == {"metrion-writer"}
