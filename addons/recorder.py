@@ -11,10 +11,11 @@
   `latency_ms` to the last byte.
 - A client that goes away mid-stream leaves a row with `client_aborted` and the usage seen.
 - The row is built in the writer's thread from what the finished request leaves (`row_source`):
-  the event loop only takes references, and the body or stream copy is read there. A copy past
-  `MAX_READ_LATER` bytes is read at once, so rows waiting to be built hold little memory.
+  the event loop only takes references, and the body or stream copy is read there. Bodies past
+  `MAX_READ_LATER` bytes are read at once, so a row waiting to be built holds at most that.
 """
 
+import asyncio
 import json
 import logging
 import re
@@ -72,8 +73,9 @@ _REQUEST_ID = {name: module.REQUEST_ID_HEADER.encode() if module.REQUEST_ID_HEAD
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
 
 
-# A finished request whose body (or unread stream copy) is larger is read on the event loop, at
-# once: rows waiting for the writer's thread hold at most this much each.
+# A finished request whose bodies (the request's, and the response's or its unread stream copy)
+# are larger together is read on the event loop at once: rows waiting for the writer's thread
+# hold at most this much each.
 MAX_READ_LATER = 64 * 1024
 
 
@@ -366,7 +368,10 @@ class Recorder:
         flow.response.stream = tap.stream_callable() if isinstance(tap, SSETap) else tap
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._record(flow)
+        # Just after this hook, not in it: mitmproxy sends a buffered answer only once the hook
+        # returns, and only then notices a client that left meanwhile (it sets flow.error and
+        # calls no error hook): the row must see that.
+        asyncio.get_running_loop().call_soon(self._record, flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
@@ -391,9 +396,10 @@ class Recorder:
 def row_source(flow: http.HTTPFlow, meta: dict, read: bool = True) -> tuple:
     """What the request's row is built from, taken when it is over: the flow's values, not the
     flow (nothing here changes once it is over, and the flow's own objects are freed as usual).
-    The last item is how many bytes building the row will read."""
+    The last item is how many bytes it holds and building the row may read: the body or
+    stream copy, and the request body (read for the model when the response names none)."""
     request, response, error = flow.request.data, flow.response, flow.error
-    answer, to_read = None, 0
+    answer, to_read = None, len(request.content) if request.content else 0
     if response is not None:
         response = response.data
         answer = (response.status_code, response.timestamp_start, response.timestamp_end,
@@ -401,9 +407,9 @@ def row_source(flow: http.HTTPFlow, meta: dict, read: bool = True) -> tuple:
         if read:
             tap = meta.get("tap")
             if tap is not None:
-                to_read = tap.unread_bytes if tap.streamed else tap.bytes
+                to_read += tap.unread_bytes if tap.streamed else tap.bytes
             elif response.content is not None:
-                to_read = len(response.content)
+                to_read += len(response.content)
     return (meta, request.timestamp_start, request.method, request.path, request.content, answer,
             (error.msg, flow.client_conn.timestamp_end is not None) if error else None,
             time.time(), read, to_read)
