@@ -386,6 +386,7 @@ class Recorder:
             source = row_source(flow, meta)
         except Exception as e:  # never lose the row: keep what is certain
             logger.error("metrion: could not record %s: %r", flow.request.path.split("?")[0], e)
+            meta.setdefault("error", f"metrion could not read the response: {e!r}"[:300])
             source = row_source(flow, meta, read=False)
         if source[-1] <= MAX_READ_LATER:
             self.store.put_row_later(finish_row, source)
