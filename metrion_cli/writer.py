@@ -15,7 +15,8 @@ never silently lost.
 A row may also be queued unbuilt (`put_later`): a function and what it reads, called in this
 thread. The proxy puts its rows so, as what it took from the finished request. Built one at a
 time between requests, where every piece of code a row needs has gone cold, a row cost 25-38 µs
-under load; built back to back, a few hundred at each wake-up, 15-22 µs. On the whole proxy
+under load; built back to back every 250 ms on the loop, 15-22 µs; here, 19-27 µs (two runs of
+the machine's varying speed), and off the event loop. On the whole proxy
 (old and new code loaded at once, requests per CPU-second) it read +0.3 to +1.1%, inside that
 measurement's own ±2%; streams gained about a point in `make bench`. The thread builds
 everything queued at each wake-up, whether or not the database takes the rows, so nothing waits
