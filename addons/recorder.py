@@ -417,25 +417,20 @@ def row_source(flow: http.HTTPFlow, meta: dict, read: bool = True) -> tuple:
 
 
 def finish_row(source: tuple) -> tuple:
-    """`build_row` of a `row_source`, never raising: a row whose response cannot be read keeps
+    """The row of a `row_source`, never raising: a row whose response cannot be read keeps
     what is certain and says why."""
     try:
-        return build_row_from(source)
+        return build_row(source)
     except Exception as e:  # never lose the row to a parsing bug
         path = source[3].decode("utf-8", "surrogateescape").split("?")[0]
         logger.error("metrion: could not read the response of %s: %r", path, e)
-        return build_row_from(source[:-2] + (False, 0), error=f"metrion could not read the response: {e!r}"[:300])
+        return build_row(source[:-2] + (False, 0), error=f"metrion could not read the response: {e!r}"[:300])
 
 
 _NO_USAGE = (None,) * 8  # input_tokens .. usage_note
 
 
-def build_row(flow: http.HTTPFlow, meta: dict, read: bool = True, error: str | None = None) -> tuple:
-    """The request's row, at once (see `build_row_from`)."""
-    return build_row_from(row_source(flow, meta, read), error)
-
-
-def build_row_from(source: tuple, error: str | None = None) -> tuple:
+def build_row(source: tuple, error: str | None = None) -> tuple:
     """The request's row: its values in `metrion_cli.writer.REQUEST_COLUMNS` order, then the
     month Quota counted it in. A tuple, built once per request: this runs for every request.
     A source taken with `read=False` keeps to what is certain (no body or stream read)."""

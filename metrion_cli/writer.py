@@ -81,6 +81,11 @@ _TS, _ACCOUNT, _PROVIDER, _MODEL, _FORWARDED, _INPUT, _OUTPUT, _LATENCY = (
                                        "input_tokens", "output_tokens", "latency_ms"))
 
 
+def row_values(row: dict) -> tuple:
+    """A row dict (REQUEST_COLUMNS keys, missing ones NULL, plus "month") as `put_values` takes it."""
+    return (*map(row.get, REQUEST_COLUMNS), row.get("month"))
+
+
 class Writer:
     def __init__(self, path: Path, interval: float = 0.25, batch_size: int = 2000,
                  max_queued: int = 200_000):
@@ -107,7 +112,7 @@ class Writer:
     def put(self, row: dict) -> None:
         """A row as a dict keyed by REQUEST_COLUMNS (missing ones are NULL), plus an optional
         "month" (YYYY-MM) it counts in."""
-        self.put_values((*map(row.get, REQUEST_COLUMNS), row.get("month")))
+        self.put_values(row_values(row))
 
     def put_values(self, values: tuple) -> None:
         """A row as a tuple: the REQUEST_COLUMNS values in order, then the month it counts in

@@ -10,7 +10,7 @@ import pytest
 
 from metrion_cli import db as dbmod
 from metrion_cli.paths import resolve
-from metrion_cli.writer import NICE_INCREMENT, REQUEST_COLUMNS, Writer
+from metrion_cli.writer import NICE_INCREMENT, Writer, row_values
 
 
 def row(**fields) -> dict:
@@ -65,8 +65,7 @@ def test_rows_put_later_are_built_in_the_writer_thread_and_a_failing_build_loses
         built_in.append(threading.current_thread().name)
         if requester == "broken":
             raise ValueError("cannot build this one")
-        values = row(requester=requester)
-        return (*map(values.get, REQUEST_COLUMNS), None)
+        return row_values(row(requester=requester))
 
     writer = Writer(paths.metrion_db, interval=0.01).start()
     for requester in ("first", "broken", "third"):
