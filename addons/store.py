@@ -2,9 +2,12 @@
 
 - Opens the data directory (`metrion_data_dir`) and the vault at start-up; a missing database
   or a wrong master key stops start-up with one clear line.
-- Keeps `directory`, an in-memory snapshot of tokens, accounts and decrypted keys, and reloads
-  it in a worker thread within `RELOAD_INTERVAL` of any change, so a revoked token stops
-  working within a second and no hook ever reads the disk.
+- Keeps `directory`, an in-memory snapshot of tokens, accounts and decrypted keys. A thread of
+  its own looks for changes every `RELOAD_INTERVAL` and loads the new snapshot, so a revoked
+  token stops working within a second and no hook ever reads the disk. The event loop hears
+  from that thread only when something changed: asking from the loop through a worker thread
+  (`asyncio.to_thread`) four times a second cost the loop ~2.1 ms of CPU a second and the worker
+  ~0.7 ms, idle or loaded (measured, /proc schedstat); now the thread's check costs ~0.2 ms.
 - Owns the writer thread that commits request rows; `done()` flushes it.
 """
 
@@ -13,6 +16,7 @@ import datetime
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 
@@ -49,8 +53,14 @@ class Store:
         self.vault: Vault | None = None
         self.directory = directorymod.Directory()
         self.writer: Writer | None = None
-        self._reloader: asyncio.Task | None = None
-        self._version_conn = None  # used only by the reload thread
+        self._watcher: threading.Thread | None = None
+        self._stop_watching = threading.Event()
+        # One check at a time (the watcher's, or a refresh()'s in a worker thread): they share
+        # the version connection, and their loads are numbered in the order they read.
+        self._check_lock = threading.Lock()
+        self._version_conn = None
+        self._loaded_version: tuple[int, int] | None = None  # of the last snapshot loaded
+        self._loads = self._installed = 0  # snapshots loaded; the number of the one in use
         self._refreshing: asyncio.Future | None = None
         self.closing = False  # set on SIGTERM: new requests are turned away while in-flight ones finish
         # Flows routed and not yet recorded (Router adds, Recorder removes): the upstream
@@ -88,22 +98,39 @@ class Store:
             raise exceptions.OptionsError(
                 f"metrion_data_dir={paths.data_dir}: cannot open or upgrade the databases: {e}") from None
         self._close_writer()
-        self._version_conn = None
+        # Configuring already reads both databases on the loop; a check under way (a few ms)
+        # finishes first, so its snapshot is numbered below this one and never installed.
+        with self._check_lock:
+            self._version_conn = None
+            self._loaded_version = directory.version
+            self._loads += 1
+            self._installed = self._loads
         self.paths, self.vault, self.directory = paths, vault, directory
         log_key_errors(directory)
         self.writer = Writer(paths.metrion_db, max_queued=ctx.options.metrion_queue_limit).start()
 
     def running(self) -> None:
-        if self._reloader is None:
-            self._reloader = asyncio.get_running_loop().create_task(self._reload_forever())
+        if self._watcher is None:
+            self._stop_watching.clear()
+            self._watcher = threading.Thread(target=self._watch, args=(asyncio.get_running_loop(),),
+                                             name="metrion-reload", daemon=True)
+            self._watcher.start()
 
-    async def _reload_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_INTERVAL)
-            await self.refresh()  # on failure, it logs and keeps the last good snapshot
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._stop_watching.wait(RELOAD_INTERVAL):
+            try:
+                loaded, error = self._load_if_changed(), None
+            except Exception as e:  # noqa: BLE001 (logged on the loop; the last good snapshot stays)
+                loaded, error = None, e
+            if loaded is None and error is None:
+                continue
+            try:
+                loop.call_soon_threadsafe(self._install, loaded, error)
+            except RuntimeError:  # the loop is closed: the proxy is gone
+                return
 
     async def refresh(self) -> None:
-        """Reload now if anything changed: one reload in a worker thread, shared by all callers."""
+        """Reload now if anything changed: one check in a worker thread, shared by all callers."""
         if self._refreshing is None:
             self._refreshing = asyncio.ensure_future(asyncio.to_thread(self._load_if_changed))
             self._refreshing.add_done_callback(self._refreshed)
@@ -111,22 +138,36 @@ class Store:
 
     def _refreshed(self, task: asyncio.Future) -> None:
         self._refreshing = None
-        if task.cancelled():
-            return
-        if task.exception() is not None:  # keep serving with the last good snapshot
-            logger.error("metrion: could not reload accounts and keys: %s", task.exception())
-        elif task.result() is not None:
-            self.directory = task.result()
-            log_key_errors(self.directory)
+        if not task.cancelled():
+            self._install(None if task.exception() else task.result(), task.exception())
 
-    def _load_if_changed(self) -> directorymod.Directory | None:
-        assert self.paths and self.vault
-        if self._version_conn is None:
-            self._version_conn = dbmod.connect(self.paths.metrion_db)
-        version = directorymod.read_version(self._version_conn, self.vault.db.conn)
-        if version == self.directory.version:
-            return None
-        return directorymod.load(self.paths, self.vault)
+    def _install(self, loaded: tuple[int, directorymod.Directory] | None, error: BaseException | None) -> None:
+        if error is not None:  # keep serving with the last good snapshot
+            logger.error("metrion: could not reload accounts and keys: %s", error)
+            return
+        if loaded is None:  # nothing changed
+            return
+        number, directory = loaded
+        # Two checks may finish in either order: the later-loaded snapshot wins.
+        if number > self._installed:
+            self._installed = number
+            self.directory = directory
+            log_key_errors(directory)
+
+    def _load_if_changed(self) -> tuple[int, directorymod.Directory] | None:
+        """(its number, the new snapshot) when accounts, tokens or keys changed since the last
+        load; None when nothing did. Runs off the event loop."""
+        with self._check_lock:
+            paths, vault = self.paths, self.vault
+            assert paths and vault
+            if self._version_conn is None:
+                self._version_conn = dbmod.connect(paths.metrion_db)
+            if directorymod.read_version(self._version_conn, vault.db.conn) == self._loaded_version:
+                return None
+            directory = directorymod.load(paths, vault)
+            self._loaded_version = directory.version
+            self._loads += 1
+            return self._loads, directory
 
     def put_row(self, row: tuple) -> None:
         """A row as `Writer.put_values` takes it."""
@@ -139,9 +180,10 @@ class Store:
             self.writer.put_later(build, source)
 
     def done(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            self._reloader = None
+        if self._watcher is not None:
+            self._stop_watching.set()
+            self._watcher.join(5)
+            self._watcher = None
         self._close_writer()
 
     def _close_writer(self) -> None:
