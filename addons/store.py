@@ -78,12 +78,6 @@ class Store:
             "Rows that may wait in memory while the database cannot be written (locked, disk "
             "full); past it, rows are dropped, counted and logged.",
         )
-        loader.add_option(
-            "metrion_write_interval_ms", int, 1000,
-            "Milliseconds between the writer's commits: a row reaches the database (dashboard, "
-            "CLI, exports) within this, and a SIGKILL loses at most this much traffic. Shorter "
-            "costs the proxy CPU: every commit wakes the writer thread, beside its rows.",
-        )
 
     def configure(self, updated) -> None:
         if "metrion_queue_limit" in updated:
@@ -91,11 +85,6 @@ class Store:
                 raise exceptions.OptionsError("metrion_queue_limit must be at least 1")
             if self.writer is not None:
                 self.writer.max_queued = ctx.options.metrion_queue_limit
-        if "metrion_write_interval_ms" in updated:
-            if not 10 <= ctx.options.metrion_write_interval_ms <= 60_000:
-                raise exceptions.OptionsError("metrion_write_interval_ms must be 10 to 60000 (one minute)")
-            if self.writer is not None:
-                self.writer.interval = ctx.options.metrion_write_interval_ms / 1000
         if "metrion_data_dir" not in updated:
             return
         paths = resolve(ctx.options.metrion_data_dir)
@@ -119,8 +108,7 @@ class Store:
             self._installed = self._loads
         self.paths, self.vault, self.directory = paths, vault, directory
         log_key_errors(directory)
-        self.writer = Writer(paths.metrion_db, interval=ctx.options.metrion_write_interval_ms / 1000,
-                             max_queued=ctx.options.metrion_queue_limit).start()
+        self.writer = Writer(paths.metrion_db, max_queued=ctx.options.metrion_queue_limit).start()
 
     def running(self) -> None:
         if self._watcher is None:

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             idle = counted.read()
             started = time.monotonic()
             send(port, auth, args.requests, args.stream)
-            time.sleep(1.5)  # the writer's last batch of these requests commits within a second
+            time.sleep(1.0)  # the writer's last batch of these requests commits within 250 ms
             loaded = counted.read()
             elapsed = time.monotonic() - started
 

@@ -65,4 +65,4 @@ def test_sigkill_under_load_leaves_an_intact_database(acme, run_cli, fake_openai
     answered_ids = {i for i in answered if i}
     lost = answered_ids - request_ids(data_dir)
     print(f"SIGKILL: {len(lost)} of {len(answered_ids)} answered requests lost their row")
-    assert len(lost) <= 2000  # at most one writer batch (a second of traffic, or batch_size rows)
+    assert len(lost) <= 2000  # at most one writer batch (250 ms of traffic, or batch_size rows)

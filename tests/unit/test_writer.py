@@ -75,27 +75,3 @@ def test_rows_put_later_are_built_in_the_writer_thread_and_a_failing_build_loses
     assert [r["requester"] for r in db.query("SELECT requester FROM requests ORDER BY id")] == ["first", "third"]
     assert writer.dropped == 1
     assert set(built_in) == {"metrion-writer"}
-
-
-def test_the_write_interval_option_sets_the_writers_pace_within_bounds(data_dir):
-    from mitmproxy import exceptions
-    from mitmproxy.test import taddons
-
-    from addons.store import Store
-
-    from .helpers import data_dir_with_acme
-
-    data_dir_with_acme(data_dir, "sk-test-interval-0001")
-    store = Store()
-    with taddons.context(store) as tctx:
-        tctx.configure(store, metrion_data_dir=str(data_dir))
-        try:
-            assert store.writer.interval == 1.0  # the default: a row reaches the database within a second
-            tctx.configure(store, metrion_write_interval_ms=100)
-            assert store.writer.interval == 0.1
-            for bad in (0, 5, 60_001):
-                with pytest.raises(exceptions.OptionsError, match="metrion_write_interval_ms"):
-                    tctx.configure(store, metrion_write_interval_ms=bad)
-            assert store.writer.interval == 0.1
-        finally:
-            store.done()
