@@ -7,7 +7,7 @@ VENV := .venv
 METRION := $(VENV)/bin/metrion
 STAMP := $(VENV)/.synced
 
-.PHONY: run test clean bench bench-instructions
+.PHONY: run test clean bench bench-ab bench-instructions
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -31,6 +31,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# One change judged by itself: Metrion at BASE (a commit; default HEAD, so: the uncommitted
+# changes) against this checkout, both loaded at once (bench/ab.py); about two minutes.
+BASE ?= HEAD
+bench-ab: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
+	$(VENV)/bin/python bench/ab.py --base $(BASE) $(AB_ARGS)
 
 # Instructions per request under valgrind's callgrind: steadier than time, for judging a change
 # to the hot path, and simulated L2 misses (bench/instructions.py); about 7 minutes. valgrind is

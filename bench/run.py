@@ -204,13 +204,13 @@ class Proc:
     """A long-running process we started: own session, output to a log file, pinned."""
 
     def __init__(self, name: str, argv: list[str], log_dir: Path, cpus: set[int] | None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, cwd: Path = ROOT) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.p = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
             env=env, start_new_session=True, preexec_fn=_child_setup(cpus, True))
         self.pid = self.p.pid
 
