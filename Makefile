@@ -34,7 +34,8 @@ bench: $(STAMP)
 
 # One change judged by itself: Metrion at BASE (a commit; default HEAD, so: the uncommitted
 # changes) against this checkout, both loaded at once (bench/ab.py); about two minutes.
-BASE ?= HEAD
+# Set with `make bench-ab BASE=...`; unlike `?=`, a BASE in the environment is ignored.
+BASE = HEAD
 bench-ab: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(VENV)/bin/python bench/ab.py --base $(BASE) $(AB_ARGS)

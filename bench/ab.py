@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,8 +63,19 @@ class Side:
         self.name, self.label, self.proc, self.url, self.auth = name, label, proc, url, auth
 
 
+def check_imports(code_dir: Path, env: dict) -> None:
+    """The side's `python -c` imports Metrion from `code_dir`, not from the checkout that the
+    .venv's editable install points at (which it would, e.g., under PYTHONSAFEPATH)."""
+    probe = "import addons, metrion_cli; print(metrion_cli.__file__); print(addons.__file__)"
+    r = subprocess.run([bench.PYTHON, "-c", probe], capture_output=True, text=True, cwd=code_dir, env=env, timeout=60)
+    files = r.stdout.split()
+    if r.returncode != 0 or len(files) != 2 or not all(Path(f).resolve().is_relative_to(code_dir.resolve()) for f in files):
+        raise bench.BenchError(f"the side from {code_dir} imports Metrion from elsewhere:\n{r.stdout}{r.stderr}")
+
+
 def start_side(name: str, label: str, code_dir: Path, tmp: Path, env: dict, fake_url: str,
                cpus: set[int] | None, procs: list[bench.Proc]) -> Side:
+    check_imports(code_dir, env)
     data = tmp / f"data-{name}"
     token = bench.set_up_bench_account(cli_runner(env, data, code_dir), [])
     port = bench.free_port()
@@ -98,13 +110,16 @@ def summary(values: list[float], unit: str, decimals: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the commit to compare against (A), e.g. HEAD~1 or main")
-    p.add_argument("--rounds", type=int, default=12, help="rounds of both loaded at once (default 12)")
+    p.add_argument("--rounds", type=int, default=12,
+                   help="rounds of both loaded at once (default 12; an odd number is rounded up, so each starts first as often)")
     p.add_argument("--seconds", type=int, default=5, help="seconds per round (default 5)")
     p.add_argument("--mode", choices=("json", "stream"), default="json",
                    help="json: c=16 chat completions; stream: c=4 streams of 20 chunks")
-    p.add_argument("--latency-rounds", type=int, default=4, help="c=1 rounds of 2,000 request pairs (default 4; 0: none)")
+    p.add_argument("--latency-rounds", type=int, default=4,
+                   help="c=1 rounds of 2,000 request pairs, JSON chat completions in either mode (default 4; 0: none)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the proxies and the load to separate cores")
     args = p.parse_args(argv)
+    args.rounds += args.rounds % 2
     if shutil.which("wrk") is None:
         print("bench/ab.py: wrk is not installed (apt-get install wrk, or `make bench-ab`)", file=sys.stderr)
         return 2
@@ -120,9 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="metrion-ab-"))
     worktree = tmp / "base"
     env = bench.bench_environment(tmp)
+    env.pop("PYTHONSAFEPATH", None)  # it would keep the worktree off side A's sys.path
     procs: list[bench.Proc] = []
+
+    def stop(signum, frame):  # SIGTERM or a closed terminal: clean up as for Ctrl-C
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
-        git("worktree", "add", "--detach", str(worktree), base)
+        try:
+            git("worktree", "add", "--detach", str(worktree), base)
+        except subprocess.CalledProcessError as e:
+            raise bench.BenchError(f"git worktree add failed:\n{e.stderr}") from None
         fake_port = bench.free_port()
         fake = bench.Proc("fake", [bench.PYTHON, "-m", "metrion_cli.fakes", f"openai={fake_port}", "--no-record"],
                           tmp, load_cpus, env)
@@ -133,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         b = start_side("b", f"B {bench.commit_label()} (this checkout)", ROOT, tmp, env, fake_url, proxy_cpus, procs)
         print(f"{a.label}\n{b.label}\n{args.mode}, c={connections}, {args.rounds} rounds of {args.seconds} s, "
               f"{'pinned: proxies on CPU ' + str(cpus[-1]) if pinned else 'not pinned'}", flush=True)
+        if base == git("rev-parse", "HEAD") and not git("status", "--porcelain", "--untracked-files=no"):
+            print("A and B are the same code (no uncommitted changes): this measures the tool's own noise",
+                  flush=True)
         for side in (a, b):  # warm-up: caches filled, first-request imports done
             out = wrk(side, connections, 2, args.mode, load_cpus).communicate(timeout=60)[0]
             if requests_done(out, side)[1]:
@@ -173,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(procs):
             proc.stop()
         subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
