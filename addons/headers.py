@@ -54,18 +54,23 @@ def get(headers: Headers, name: bytes, default: str = "") -> str:
 
 def replace(headers: Headers, name: bytes, value: str) -> None:
     """One value where the header was (at its first place), or added at the end."""
+    headers.fields = replaced(headers.fields, name, value)
+
+
+def replaced(fields: tuple, name: bytes, value: str) -> tuple:
+    """`fields` as `replace` leaves them, without touching any Headers."""
     encoded = value.encode("utf-8", "surrogateescape")
     get = _LOWER.get
-    fields, placed = [], False
-    for field in headers.fields:
+    kept, placed = [], False
+    for field in fields:
         if (get(field[0]) or lower(field[0])) != name:
-            fields.append(field)
+            kept.append(field)
         elif not placed:
-            fields.append((field[0], encoded))
+            kept.append((field[0], encoded))
             placed = True
     if not placed:
-        fields.append((name, encoded))
-    headers.fields = tuple(fields)
+        kept.append((name, encoded))
+    return tuple(kept)
 
 
 def remove(headers: Headers, names: set[bytes] | frozenset[bytes]) -> None:

@@ -5,8 +5,10 @@
 
 from addons.bodycheck import BodyCheck
 from addons.credentials import Credentials
+from addons.onepass import OnePass
 from addons.quota import Quota
 from addons.recorder import Recorder
+from addons.refuse import log_error
 from addons.router import Router
 from addons.store import Store
 from addons.upstream import UpstreamErrors
@@ -31,9 +33,11 @@ class Metrion:
 
     def __init__(self, data_dir: str | None = None) -> None:
         self.store = Store(data_dir=data_dir)
-        self.children = [Router(self.store), Credentials(self.store), BodyCheck(),
-                         Quota(self.store), UpstreamErrors(self.store), Recorder(self.store),
-                         self.store]
+        router, credentials, quota = Router(self.store), Credentials(self.store), Quota(self.store)
+        self.children = [router, credentials, BodyCheck(), quota, UpstreamErrors(self.store),
+                         Recorder(self.store), self.store]
+        # The common request in one pass; anything else through the children (addons/onepass.py).
+        self.one_pass = OnePass(router, credentials, quota, self.store)
         self.hooks: dict[str, list] = {}
         self._prepare()
 
@@ -74,6 +78,12 @@ class Metrion:
         return self._run("done")
 
     def request(self, flow):
+        if not (flow.response or flow.error or not flow.live):
+            try:
+                if self.one_pass.admit(flow):
+                    return None
+            except Exception as e:  # the chain decides (and fails closed on its own errors)
+                log_error(flow, "the one pass", e)
         return self._run("request", flow)
 
     def responseheaders(self, flow):

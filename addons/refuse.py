@@ -27,11 +27,14 @@ def refuse(flow: http.HTTPFlow, kind: str, message: str, headers: dict[str, str]
 
 
 def fail_closed(flow: http.HTTPFlow, addon: str, exc: BaseException) -> None:
-    """An addon's own bug must never let a request through: answer 500 instead.
+    """An addon's own bug must never let a request through: answer 500 instead."""
+    log_error(flow, addon, exc)
+    refuse(flow, "internal", f"internal error in {addon}; the request was not forwarded")
 
-    The log names the exception's type and where it was raised, never its message: a message
-    may quote the credential being handled (a UnicodeEncodeError quotes the whole string)."""
+
+def log_error(flow: http.HTTPFlow, addon: str, exc: BaseException) -> None:
+    """Logs the exception's type and where it was raised, never its message: a message may
+    quote the credential being handled (a UnicodeEncodeError quotes the whole string)."""
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     logger.error("metrion: %s failed on %s %s: %s%s", addon, flow.request.method, flow.request.path.split("?")[0],
                  type(exc).__name__, f" at {where.filename}:{where.lineno}" if where else "")
-    refuse(flow, "internal", f"internal error in {addon}; the request was not forwarded")

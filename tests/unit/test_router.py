@@ -81,7 +81,7 @@ def test_metrion_dispatches_its_children_in_order_and_awaits_a_coroutine():
     metrion = Metrion()
     metrion.children = [Sync("a"), Async(), Sync("b")]
     metrion._prepare()
-    pending = metrion.request(None)
+    pending = metrion.request(openai_flow())  # no credential: not one for the one pass
     assert calls == ["a"]  # the rest waits for the coroutine
     asyncio.run(pending)
     assert calls == ["a", "async", "b"]

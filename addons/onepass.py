@@ -1,0 +1,125 @@
+"""OnePass: the common request, routed, authorised, checked and counted in one function.
+
+The chain (Router, Credentials, BodyCheck, Quota) is the general path and the reference. Each
+of its hooks runs cold, after ~1 ms of mitmproxy's own work, and pays for its own preamble,
+header scan and calls. Measured, paired with the lean Master (order rotated, 14 rounds): the
+chain 89.1% of its requests per CPU-second and +129 µs at c=1; one pass 91.9% and +80 µs.
+
+`admit(flow)` takes only a request the chain would forward unchanged but for the key swap and
+the provider's fixed headers: a routed listener, not shutting down, no `x-metrion-*` or
+`content-encoding` header, exactly one credential among the provider's header slots, a known
+unrevoked Metrion token whose hash is cached, the account's decrypted stored key, a body the
+endpoint accepts, the month current and the account under its cap and the token under its rate.
+It leaves the flow as the chain would (meta, headers, the quota's counts) and returns True.
+Anything else returns False having changed nothing (expired rate-limit stamps aside, which the
+chain drops too), and the chain runs; so does an error raised here (Metrion logs it), before
+the count and the changes to the flow, which come last. tests/unit/test_onepass.py runs both over the same
+requests and compares the results.
+"""
+
+import collections
+import time
+
+from mitmproxy import http
+
+from addons import headers as fast_headers
+from addons import providers
+from addons.quota import WINDOW_SECONDS
+from metrion_cli.tokens import TOKEN_PREFIX
+
+_METRION_PREFIX = b"x-metrion-"
+
+
+class OnePass:
+    def __init__(self, router, credentials, quota, store) -> None:
+        self.router, self.credentials, self.quota, self.store = router, credentials, quota, store
+        # provider -> {header name: slot}; None when a slot is a query parameter (the chain's)
+        self.slots: dict[str, dict[bytes, providers.CredentialSlot] | None] = {}
+        for name, module in providers.PROVIDERS.items():
+            slots = {slot.header: slot for slot in module.CREDENTIALS if slot.location == "header"}
+            self.slots[name] = slots if len(slots) == len(module.CREDENTIALS) else None
+
+    def admit(self, flow: http.HTTPFlow) -> bool:
+        router, store = self.router, self.store
+        if store.closing or router.stream_usage:
+            return False
+        provider_name = router.route(flow)
+        slots = self.slots.get(provider_name) if provider_name else None
+        if not slots:
+            return False
+        data = flow.request.data
+        headers = data.headers
+        get, lower = fast_headers._LOWER.get, fast_headers.lower
+        at, slot = -1, None
+        for i, (name, _) in enumerate(headers.fields):
+            low = get(name) or lower(name)
+            if low in slots:
+                if at >= 0:
+                    return False  # two credentials, or one twice: the chain decides
+                at, slot = i, slots[low]
+            elif low.startswith(_METRION_PREFIX) or low == b"content-encoding":
+                return False
+        if slot is None:
+            return False
+        credential = headers.fields[at][1].decode("utf-8", "surrogateescape")
+        scheme = slot.scheme
+        if scheme and credential[:len(scheme)].lower() == scheme.lower():
+            credential = credential[len(scheme):]
+        credential = credential.strip()
+        if not credential.startswith(TOKEN_PREFIX):
+            return False
+        sha = self.credentials._hashes.get(credential)
+        directory = store.directory
+        token = directory.tokens.get(sha) if sha is not None else None
+        if token is None or token.revoked:
+            return False
+        provider = providers.get(provider_name)
+        stored = directory.keys.get((token.account_id, provider.NAME))
+        if stored is None or stored.key is None:
+            return False
+        if providers.request_problem(provider.REQUIRED_FIELDS, data.method.decode("utf-8", "surrogateescape").upper(),
+                                     data.path.decode("utf-8", "surrogateescape"), data.content or b""):
+            return False
+        # The headers as they will go, made before anything changes: a key that cannot be
+        # encoded raises here, and the chain then fails closed on it.
+        fields = headers.fields
+        for name, value in router.fixed_headers[provider_name].items():
+            fields = fast_headers.replaced(fields, name, value)
+        fields = fast_headers.replaced(fields, slot.header, slot.scheme + stored.key)
+        if not self._count(token, stored, directory.accounts.get(token.account_id)):
+            return False
+        headers.fields = fields
+        flow.metadata["metrion"] = {
+            "provider": provider_name, "account_id": token.account_id, "token_id": token.token_id,
+            "token_rpm": token.rpm, "mode": "stored", "key_fingerprint": stored.fingerprint,
+            "month": self.quota.month}
+        store.inflight[flow.id] = flow
+        return True
+
+    def _count(self, token, stored, account) -> bool:
+        """Quota's admission for a stored-key request, done: False where Quota would refuse, or
+        at a month's turn (Quota starts the month)."""
+        quota = self.quota
+        now = self.store.now()
+        if not quota.month_starts <= now < quota.month_ends:
+            return False
+        used = quota.used.get(token.account_id, 0)
+        cap = account.monthly_cap if account else None
+        if cap is not None and used >= cap:
+            return False
+        rpm = token.rpm
+        if rpm is None:
+            rpm = account.rpm if account and account.rpm is not None else quota.default_rpm
+        if rpm:
+            limiter_key = token.token_id or ("key", stored.fingerprint)  # as Quota._rate_limit
+            stamps = quota.recent.get(limiter_key)
+            clock = time.monotonic()
+            if stamps is None:
+                stamps = quota.recent[limiter_key] = collections.deque()
+            while stamps and stamps[0] <= clock - WINDOW_SECONDS:
+                stamps.popleft()
+            if len(stamps) >= rpm:
+                return False
+            stamps.append(clock)
+        quota.used[token.account_id] = used + 1
+        return True
