@@ -108,14 +108,18 @@ def bearer(token, name=b"authorization", scheme=b"Bearer "):
 CASES = [
     ("plain", lambda t: openai_flow(headers=bearer(t["ok"]), body=CHAT), True),
     ("scheme in lower case", lambda t: openai_flow(headers=bearer(t["ok"], scheme=b"bearer "), body=CHAT), True),
-    ("header name in capitals", lambda t: openai_flow(headers=bearer(t["ok"], name=b"AUTHORIZATION"), body=CHAT), True),
+    ("header name in capitals",
+     lambda t: openai_flow(headers=bearer(t["ok"], name=b"AUTHORIZATION"), body=CHAT), True),
     ("spaces around the token", lambda t: openai_flow(headers=bearer(" " + t["ok"] + "  "), body=CHAT), True),
     ("a GET", lambda t: openai_flow(path="/v1/models", headers=bearer(t["ok"]), body=b"", method="GET"), True),
-    ("a query string", lambda t: openai_flow(path="/v1/chat/completions?x=1", headers=bearer(t["ok"]), body=CHAT), True),
+    ("a query string",
+     lambda t: openai_flow(path="/v1/chat/completions?x=1", headers=bearer(t["ok"]), body=CHAT), True),
     ("a requester", lambda t: openai_flow(headers=bearer(t["ok"]) + [(b"x-metrion-user", b"bob")], body=CHAT), False),
-    ("compressed body", lambda t: openai_flow(headers=bearer(t["ok"]) + [(b"content-encoding", b"gzip")], body=CHAT), False),
+    ("compressed body",
+     lambda t: openai_flow(headers=bearer(t["ok"]) + [(b"content-encoding", b"gzip")], body=CHAT), False),
     ("the token twice", lambda t: openai_flow(headers=bearer(t["ok"]) + bearer(t["ok"])[:1], body=CHAT), False),
-    ("two credentials", lambda t: openai_flow(headers=bearer(t["ok"]) + [(b"Authorization", b"Bearer sk-x")], body=CHAT), False),
+    ("two credentials",
+     lambda t: openai_flow(headers=bearer(t["ok"]) + [(b"Authorization", b"Bearer sk-x")], body=CHAT), False),
     ("no credential", lambda t: openai_flow(headers=[(b"content-type", b"application/json")], body=CHAT), False),
     ("unknown token", lambda t: openai_flow(headers=bearer("mtr_unknown0000000000000000"), body=CHAT), False),
     ("revoked token", lambda t: openai_flow(headers=bearer(t["revoked"]), body=CHAT), False),
@@ -128,7 +132,8 @@ CASES = [
         [(b"x-api-key", t["ok"].encode()), (b"anthropic-version", b"2020-01-01")]), True),
     ("anthropic, bearer", lambda t: anthropic_flow(bearer(t["ok"])), True),
     ("anthropic, both slots", lambda t: anthropic_flow([(b"x-api-key", t["ok"].encode())] + bearer(t["ok"])), False),
-    ("anthropic, no key stored for another account", lambda t: anthropic_flow([(b"x-api-key", t["capped"].encode())]), False),
+    ("anthropic, no key stored for another account",
+     lambda t: anthropic_flow([(b"x-api-key", t["capped"].encode())]), False),
     ("gemini (a query slot)", lambda t: gemini_flow([(b"x-goog-api-key", t["ok"].encode())]), False),
 ]
 
@@ -146,9 +151,10 @@ def test_over_the_token_rate_both_refuse_and_under_it_both_count(world):
     def one_recent(m):
         m.children[3].recent[tokens_id(m, known["limited"])] = collections.deque([time.monotonic()])
 
-    taken, (response, *_rest) = both(metrion, lambda: openai_flow(headers=bearer(known["limited"]), body=CHAT), one_recent)
+    make = lambda: openai_flow(headers=bearer(known["limited"]), body=CHAT)  # noqa: E731
+    taken, (response, *_rest) = both(metrion, make, one_recent)
     assert not taken and response[0] == 429
-    taken, (response, *_rest) = both(metrion, lambda: openai_flow(headers=bearer(known["limited"]), body=CHAT))
+    taken, (response, *_rest) = both(metrion, make)
     assert taken and response is None
 
 
