@@ -33,11 +33,15 @@ class Metrion:
 
     def __init__(self, data_dir: str | None = None) -> None:
         self.store = Store(data_dir=data_dir)
-        router, credentials, quota = Router(self.store), Credentials(self.store), Quota(self.store)
-        self.children = [router, credentials, BodyCheck(), quota, UpstreamErrors(self.store),
+        router, credentials, body_check, quota = (Router(self.store), Credentials(self.store), BodyCheck(),
+                                                  Quota(self.store))
+        self.children = [router, credentials, body_check, quota, UpstreamErrors(self.store),
                          Recorder(self.store), self.store]
         # The common request in one pass; anything else through the children (addons/onepass.py).
+        # It stands for exactly these four request hooks: with any other, it is off.
         self.one_pass = OnePass(router, credentials, quota, self.store)
+        self._one_pass_stands_for = [router.request, credentials.request, body_check.request, quota.request]
+        self.one_pass_on = False
         self.hooks: dict[str, list] = {}
         self._prepare()
 
@@ -48,6 +52,7 @@ class Metrion:
 
     def _prepare(self) -> None:
         self.hooks = {name: [getattr(c, name) for c in self.children if hasattr(c, name)] for name in HOOKS}
+        self.one_pass_on = self.hooks["request"] == self._one_pass_stands_for
 
     def _run(self, name: str, *args):
         hooks = self.hooks[name]
@@ -78,7 +83,7 @@ class Metrion:
         return self._run("done")
 
     def request(self, flow):
-        if not (flow.response or flow.error or not flow.live):
+        if self.one_pass_on and not (flow.response or flow.error or not flow.live):
             try:
                 if self.one_pass.admit(flow):
                     return None

@@ -87,13 +87,15 @@ class OnePass:
         for name, value in router.fixed_headers[provider_name].items():
             fields = fast_headers.replaced(fields, name, value)
         fields = fast_headers.replaced(fields, slot.header, slot.scheme + stored.key)
+        meta = {"provider": provider_name, "account_id": token.account_id, "token_id": token.token_id,
+                "token_rpm": token.rpm, "mode": "stored", "key_fingerprint": stored.fingerprint,
+                "month": self.quota.month}
         if not self._count(token, stored, directory.accounts.get(token.account_id)):
             return False
+        # Counted: only assignments from here on. Anything that could raise would send the
+        # request to the chain, which would count it again.
         headers.fields = fields
-        flow.metadata["metrion"] = {
-            "provider": provider_name, "account_id": token.account_id, "token_id": token.token_id,
-            "token_rpm": token.rpm, "mode": "stored", "key_fingerprint": stored.fingerprint,
-            "month": self.quota.month}
+        flow.metadata["metrion"] = meta
         store.inflight[flow.id] = flow
         return True
 

@@ -1,9 +1,10 @@
 """The one pass (addons/onepass.py) leaves every request as the chain of addons would.
 
-Each case runs twice from the same state: once through the chain alone, once through
-`Metrion.request` with the one pass in front. The response (if any), the headers sent on, the
-row's metadata and the quota's counts must come out the same; the cases the one pass is for
-must really take it.
+Each case runs twice from the same quota state: first through the chain alone (which, as for a
+token's first request in the proxy, caches the token's hash), then through `Metrion.request`
+with the one pass in front. The response (if any), the headers sent on, the row's metadata, the
+quota's counts and whether the flow is in flight must come out the same; the cases the one pass
+is for must really take it.
 """
 
 import asyncio
@@ -81,7 +82,8 @@ def outcome(metrion: Metrion, flow, use_one_pass: bool):
     quota = metrion.children[3]
     response = (flow.response.status_code, flow.response.content) if flow.response else None
     return (response, flow.request.headers.fields, flow.metadata.get("metrion"), dict(quota.used),
-            {k: len(v) for k, v in quota.recent.items()}, flow.request.content), bool(taken and taken[0])
+            {k: len(v) for k, v in quota.recent.items()}, flow.request.content,
+            flow.id in metrion.store.inflight), bool(taken and taken[0])
 
 
 def both(metrion: Metrion, make_flow, prepare=None):
@@ -202,3 +204,18 @@ def test_an_error_in_the_one_pass_leaves_the_request_to_the_chain(world, monkeyp
     assert flow.response.status_code == 500
     assert dict(metrion.children[3].used) == counted
     assert "the one pass failed" in caplog.text and known["ok"] not in caplog.text
+
+
+def test_with_another_request_hook_among_the_children_the_one_pass_is_off(world):
+    metrion, _, known = world
+    seen = []
+
+    class Extra:
+        def request(self, flow):
+            seen.append(flow.id)
+
+    metrion.add(Extra())
+    assert not metrion.one_pass_on
+    flow = openai_flow(headers=bearer(known["ok"]), body=CHAT)
+    metrion.request(flow)
+    assert seen == [flow.id] and flow.response is None
