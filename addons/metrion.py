@@ -29,6 +29,9 @@ class Metrion:
     final flush) runs after the Recorder's, which records the flows still in flight. A child
     whose hook returns a coroutine (Credentials, when it must reload) is awaited before the
     next child runs. Each child catches its own errors: one raising would skip the later ones.
+
+    A request first goes to the one pass (addons/onepass.py), which takes the common one in a
+    single function, as the four request hooks would leave it; the others go down the chain.
     """
 
     def __init__(self, data_dir: str | None = None) -> None:
