@@ -27,14 +27,19 @@ def find_credentials(flow: http.HTTPFlow, slots) -> list[tuple[providers.Credent
     found = []
     for slot in slots:
         if slot.location == "header":
-            scheme = slot.scheme
-            for value in fast_headers.get_all(flow.request.headers, slot.header):
-                if scheme and value[:len(scheme)].lower() == scheme.lower():
-                    value = value[len(scheme):]
-                found.append((slot, value.strip()))
+            found.extend((slot, credential_in(slot, value))
+                         for value in fast_headers.get_all(flow.request.headers, slot.header))
         else:
             found.extend((slot, v) for v in flow.request.query.get_all(slot.name))
     return found
+
+
+def credential_in(slot: providers.CredentialSlot, value: str) -> str:
+    """The credential in a header slot's value: its scheme (any case) and spaces taken off."""
+    scheme = slot.scheme
+    if scheme and value[:len(scheme)].lower() == scheme.lower():
+        value = value[len(scheme):]
+    return value.strip()
 
 
 def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str) -> None:

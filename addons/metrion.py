@@ -44,7 +44,6 @@ class Metrion:
         # It stands for exactly these four request hooks: with any other, it is off.
         self.one_pass = OnePass(router, credentials, quota, self.store)
         self._one_pass_stands_for = [router.request, credentials.request, body_check.request, quota.request]
-        self.one_pass_on = False
         self.hooks: dict[str, list] = {}
         self._prepare()
 

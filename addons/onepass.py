@@ -18,14 +18,11 @@ the count and the changes to the flow, which come last. tests/unit/test_onepass.
 over the same requests and compares the results.
 """
 
-import collections
-import time
-
 from mitmproxy import http
 
 from addons import headers as fast_headers
 from addons import providers
-from addons.quota import WINDOW_SECONDS
+from addons.credentials import credential_in
 from metrion_cli.tokens import TOKEN_PREFIX
 
 _METRION_PREFIX = b"x-metrion-"
@@ -45,7 +42,7 @@ class OnePass:
         if store.closing or router.stream_usage:
             return False
         provider_name = router.route(flow)
-        slots = self.slots.get(provider_name) if provider_name else None
+        slots = self.slots.get(provider_name)
         if not slots:
             return False
         data = flow.request.data
@@ -62,11 +59,7 @@ class OnePass:
                 return False
         if slot is None:
             return False
-        credential = headers.fields[at][1].decode("utf-8", "surrogateescape")
-        scheme = slot.scheme
-        if scheme and credential[:len(scheme)].lower() == scheme.lower():
-            credential = credential[len(scheme):]
-        credential = credential.strip()
+        credential = credential_in(slot, headers.fields[at][1].decode("utf-8", "surrogateescape"))
         if not credential.startswith(TOKEN_PREFIX):
             return False
         sha = self.credentials._hashes.get(credential)
@@ -90,7 +83,7 @@ class OnePass:
         meta = {"provider": provider_name, "account_id": token.account_id, "token_id": token.token_id,
                 "token_rpm": token.rpm, "mode": "stored", "key_fingerprint": stored.fingerprint,
                 "month": self.quota.month}
-        if not self._count(token, stored, directory.accounts.get(token.account_id)):
+        if not self._count(meta, directory.accounts.get(token.account_id)):
             return False
         # Counted: only assignments from here on. Anything that could raise would send the
         # request to the chain, which would count it again.
@@ -99,30 +92,17 @@ class OnePass:
         store.inflight[flow.id] = flow
         return True
 
-    def _count(self, token, stored, account) -> bool:
-        """Quota's admission for a stored-key request, done: False where Quota would refuse, or
+    def _count(self, meta: dict, account) -> bool:
+        """Quota's admission, with Quota's own checks, done: False where Quota would refuse, or
         at a month's turn (Quota starts the month)."""
         quota = self.quota
-        now = self.store.now()
-        if not quota.month_starts <= now < quota.month_ends:
+        if not quota.month_starts <= self.store.now() < quota.month_ends:
             return False
-        used = quota.used.get(token.account_id, 0)
-        cap = account.monthly_cap if account else None
-        if cap is not None and used >= cap:
+        used = quota.used.get(meta["account_id"], 0)
+        if quota.reached_cap(account, used) is not None:
             return False
-        rpm = token.rpm
-        if rpm is None:
-            rpm = account.rpm if account and account.rpm is not None else quota.default_rpm
-        if rpm:
-            limiter_key = token.token_id or ("key", stored.fingerprint)  # as Quota._rate_limit
-            stamps = quota.recent.get(limiter_key)
-            clock = time.monotonic()
-            if stamps is None:
-                stamps = quota.recent[limiter_key] = collections.deque()
-            while stamps and stamps[0] <= clock - WINDOW_SECONDS:
-                stamps.popleft()
-            if len(stamps) >= rpm:
-                return False
-            stamps.append(clock)
-        quota.used[token.account_id] = used + 1
+        limiter_key, rpm = quota._rate_limit(meta, account)
+        if rpm and quota.take_rate_slot(limiter_key, rpm) is not None:
+            return False
+        quota.used[meta["account_id"]] = used + 1
         return True

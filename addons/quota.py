@@ -66,8 +66,8 @@ class Quota:
         account_id = meta["account_id"]
         account = self.store.directory.accounts.get(account_id)
         used = self.used.get(account_id, 0)
-        cap = account.monthly_cap if account else None
-        if cap is not None and used >= cap:
+        cap = self.reached_cap(account, used)
+        if cap is not None:
             resets = datetime.datetime.fromtimestamp(self.month_ends, datetime.timezone.utc)
             return refuse(
                 flow, "monthly_cap",
@@ -77,18 +77,33 @@ class Quota:
                 {"retry-after": str(math.ceil(self.month_ends - now))})
         limiter_key, rpm = self._rate_limit(meta, account)
         if rpm:
-            stamps = self.recent.setdefault(limiter_key, collections.deque())
-            clock = time.monotonic()
-            while stamps and stamps[0] <= clock - WINDOW_SECONDS:
-                stamps.popleft()
-            if len(stamps) >= rpm:
-                wait = max(1, math.ceil(stamps[0] + WINDOW_SECONDS - clock))
+            wait = self.take_rate_slot(limiter_key, rpm)
+            if wait is not None:
                 return refuse(flow, "rate_limit",
                               f"rate limit of {rpm} requests per minute reached for this token; "
                               f"retry in {wait} s", {"retry-after": str(wait)})
-            stamps.append(clock)
         self.used[account_id] = used + 1
         meta["month"] = self.month
+
+    @staticmethod
+    def reached_cap(account, used: int) -> int | None:
+        """The account's monthly cap when `used` has reached it, else None."""
+        cap = account.monthly_cap if account else None
+        return cap if cap is not None and used >= cap else None
+
+    def take_rate_slot(self, limiter_key, rpm: int) -> int | None:
+        """None when one more request fits in the last 60 s (it is stamped); else the seconds
+        until one would."""
+        stamps = self.recent.get(limiter_key)
+        if stamps is None:
+            stamps = self.recent[limiter_key] = collections.deque()
+        clock = time.monotonic()
+        while stamps and stamps[0] <= clock - WINDOW_SECONDS:
+            stamps.popleft()
+        if len(stamps) >= rpm:
+            return max(1, math.ceil(stamps[0] + WINDOW_SECONDS - clock))
+        stamps.append(clock)
+        return None
 
     def _rate_limit(self, meta: dict, account) -> tuple[object, int]:
         """The limiter's key (the token, else the key fingerprint) and its rpm: the token's,
