@@ -4,6 +4,8 @@
   directory; the account's stored key for this provider replaces it, in the same place.
 - Unknown or revoked token, no stored key, no credential at all, or two different credentials:
   401 in the provider's shape, nothing forwarded.
+- A credential with a word starting `mtr_` that is not read as a token (another scheme, or a
+  tab after `Bearer`): 401, so that a token never goes to a provider.
 - Anything else is a provider key (pass-through): forwarded untouched and attributed to the
   account of an `x-metrion-token` header, else to the account that registered the key's
   fingerprint, else to the default account.
@@ -40,6 +42,13 @@ def credential_in(slot: providers.CredentialSlot, value: str) -> str:
     if scheme and value[:len(scheme)].lower() == scheme.lower():
         value = value[len(scheme):]
     return value.strip()
+
+
+def slot_example(slot: providers.CredentialSlot) -> str:
+    """How a token goes in this slot, for an error message."""
+    if slot.location == "header":
+        return f"as `{slot.name}: {slot.scheme}mtr_...`"
+    return f"as the `{slot.name}` query parameter"
 
 
 def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str) -> None:
@@ -163,6 +172,12 @@ class Credentials:
                     del flow.request.headers[name]
             put_credential(flow, slot, stored.key)
             return
+        if any(word.startswith(TOKEN_PREFIX) for word in credential.split()):
+            # A token behind a scheme the slot does not use ("Token mtr_...", "Bearer<TAB>mtr_..."):
+            # taken for a provider key, it would go to the provider.
+            return refuse(flow, "invalid_token",
+                          f"a Metrion token must be sent where {provider.NAME}'s SDK sends its key, "
+                          f"{slot_example(slot)}; it was not forwarded")
         meta["mode"] = "passthrough"
         meta["key_fingerprint"] = key_fp = self._fingerprint(directory.instance_secret, credential)
         claimed = meta.get("metrion_token")

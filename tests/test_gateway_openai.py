@@ -194,6 +194,17 @@ def test_bad_or_missing_token_gets_openai_401_and_nothing_is_forwarded(gateway, 
     assert rows[0]["model"] == "gpt-4o-mini"
 
 
+def test_a_token_behind_another_scheme_is_refused_never_sent_upstream(gateway, acme, fake_openai):
+    r = httpx.post(gateway.url() + "/v1/chat/completions", headers={"authorization": f"Token {acme.token}"},
+                   json={"model": "gpt-4o-mini", "messages": MESSAGES})
+    assert r.status_code == 401
+    assert "must be sent where openai's SDK sends its key" in r.json()["error"]["message"]
+    assert acme.token not in r.text
+    assert fake_openai.received == []
+    [row] = gateway.wait_rows(1)
+    assert row["status"] == 401 and row["forwarded"] == 0 and row["mode"] is None
+
+
 def test_revoked_token_stops_working_within_a_second(gateway, acme, run_cli, fake_openai):
     api = client(gateway, acme.token)
     api.models.list()

@@ -100,3 +100,25 @@ def test_a_pass_through_key_with_bytes_that_are_not_utf8_is_fingerprinted_not_lo
     assert flow.response is None and flow.metadata["metrion"]["mode"] == "passthrough"
     assert len(flow.metadata["metrion"]["key_fingerprint"]) == 16
     assert "sk-unit-odd-key" not in caplog.text
+
+
+@pytest.mark.parametrize("value", ["Token {token}", "Bearer\t{token}", "Bearer Bearer {token}"])
+def test_a_token_the_slot_does_not_read_as_one_is_refused_not_forwarded(setup, value):
+    """A token behind a scheme the slot does not use would otherwise be taken for a provider key
+    and sent to the provider."""
+    _, _, router, credentials, token = setup
+    flow = run(router, credentials, openai_flow(headers={"authorization": value.format(token=token)}))
+    assert flow.response.status_code == 401
+    body = json.loads(flow.response.content)
+    assert body["error"]["message"].startswith("Metrion: a Metrion token must be sent where openai's SDK")
+    assert "`authorization: Bearer mtr_...`" in body["error"]["message"]
+    assert token not in flow.response.text
+    assert flow.metadata["metrion"].get("mode") != "passthrough"
+
+
+def test_a_provider_key_with_mtr_inside_a_word_still_passes_through(setup):
+    _, _, router, credentials, _ = setup
+    flow = run(router, credentials, openai_flow(headers={"authorization": "Bearer sk-proj-abcmtr_def0123"}))
+    assert flow.response is None
+    assert flow.request.headers["authorization"] == "Bearer sk-proj-abcmtr_def0123"
+    assert flow.metadata["metrion"]["mode"] == "passthrough"

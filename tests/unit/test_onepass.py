@@ -126,6 +126,7 @@ CASES = [
     ("unknown token", lambda t: openai_flow(headers=bearer("mtr_unknown0000000000000000"), body=CHAT), False),
     ("revoked token", lambda t: openai_flow(headers=bearer(t["revoked"]), body=CHAT), False),
     ("provider key", lambda t: openai_flow(headers=bearer("sk-test-passthrough-0001"), body=CHAT), False),
+    ("token behind another scheme", lambda t: openai_flow(headers=bearer(t["ok"], scheme=b"Token "), body=CHAT), False),
     ("missing field", lambda t: openai_flow(headers=bearer(t["ok"]), body=b'{"model":"x"}'), False),
     ("not JSON", lambda t: openai_flow(headers=bearer(t["ok"]), body=b"{nope"), False),
     ("account at its cap", lambda t: openai_flow(headers=bearer(t["capped"]), body=CHAT), False),
