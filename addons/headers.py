@@ -80,9 +80,20 @@ def remove(headers: Headers, names: set[bytes] | frozenset[bytes]) -> None:
 
 def pick(headers: Headers, names: frozenset[bytes]) -> dict[bytes, str]:
     """The named headers' values in one pass, several of one name folded with ", "."""
+    return pick_fields(headers.fields, names)
+
+
+def pick_fields(fields: tuple, names: frozenset[bytes]) -> dict[bytes, str]:
+    """`pick` over (name, value) pairs, without a Headers around them."""
+    # HTTP/2 peers, and many HTTP/1 ones, send every name in lower case and once: then a dict
+    # made in C answers each name (a provider's answer has a dozen fields or more, looked at
+    # one by one in Python otherwise).
+    as_sent = dict(fields)
+    if len(as_sent) == len(fields) and b"\0".join(as_sent).islower():
+        return {name: as_sent[name].decode("utf-8", "surrogateescape") for name in names if name in as_sent}
     found: dict[bytes, str] = {}
     get = _LOWER.get
-    for name, value in headers.fields:
+    for name, value in fields:
         name = get(name) or lower(name)
         if name in names:
             text = value.decode("utf-8", "surrogateescape")

@@ -14,6 +14,7 @@ from addons.store import Store
 from addons.upstream import UpstreamErrors
 
 HOOKS = ("load", "configure", "running", "done", "request", "responseheaders", "response", "error")
+_RESPONSE_HOOKS = ("responseheaders", "response", "error")
 
 
 class Metrion:
@@ -55,6 +56,13 @@ class Metrion:
     def _prepare(self) -> None:
         self.hooks = {name: [getattr(c, name) for c in self.children if hasattr(c, name)] for name in HOOKS}
         self.one_pass_on = self.hooks["request"] == self._one_pass_stands_for
+        # A response hook that only one child has (the Recorder's responseheaders and response)
+        # is that child's own method here: mitmproxy calls it without going through _run.
+        for name in _RESPONSE_HOOKS:
+            if len(self.hooks[name]) == 1:
+                setattr(self, name, self.hooks[name][0])
+            else:
+                self.__dict__.pop(name, None)  # back to the method below, which runs them all
 
     def _run(self, name: str, *args):
         hooks = self.hooks[name]

@@ -47,9 +47,10 @@ class OnePass:
             return False
         data = flow.request.data
         headers = data.headers
+        fields = headers.fields
         get, lower = fast_headers._LOWER.get, fast_headers.lower
         at, slot = -1, None
-        for i, (name, _) in enumerate(headers.fields):
+        for i, (name, _) in enumerate(fields):
             low = get(name) or lower(name)
             if low in slots:
                 if at >= 0:
@@ -59,7 +60,7 @@ class OnePass:
                 return False
         if slot is None:
             return False
-        credential = credential_in(slot, headers.fields[at][1].decode("utf-8", "surrogateescape"))
+        credential = credential_in(slot, fields[at][1].decode("utf-8", "surrogateescape"))
         if not credential.startswith(TOKEN_PREFIX):
             return False
         sha = self.credentials._hashes.get(credential)
@@ -76,10 +77,12 @@ class OnePass:
             return False
         # The headers as they will go, made before anything changes: a key that cannot be
         # encoded raises here, and the chain then fails closed on it.
-        fields = headers.fields
+        # The key where the token was (its header is there once), then the fixed headers, as
+        # Router and Credentials do in the other order: they touch different names.
+        sent = (fields[at][0], (slot.scheme + stored.key).encode("utf-8", "surrogateescape"))
+        fields = (*fields[:at], sent, *fields[at + 1:])
         for name, value in router.fixed_headers[provider_name].items():
             fields = fast_headers.replaced(fields, name, value)
-        fields = fast_headers.replaced(fields, slot.header, slot.scheme + stored.key)
         meta = {"provider": provider_name, "account_id": token.account_id, "token_id": token.token_id,
                 "token_rpm": token.rpm, "mode": "stored", "key_fingerprint": stored.fingerprint,
                 "month": self.quota.month}

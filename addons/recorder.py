@@ -457,7 +457,7 @@ def build_row(source: tuple, error: str | None = None) -> tuple:
             # read again.
             facts = meta.get("response_facts")
             if not facts or b"content-encoding" in facts:
-                facts = headers.pick(http.Headers(response_fields), _FACT_HEADERS[provider_name])
+                facts = headers.pick_fields(response_fields, _FACT_HEADERS[provider_name])
             request_id_header = _REQUEST_ID[provider_name]
             if request_id_header is not None:
                 request_id = facts.get(request_id_header)

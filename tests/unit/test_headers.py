@@ -57,3 +57,14 @@ def test_reads_and_writes_match_a_plain_loop(fields, steps):
         assert h.fields == expected
         assert headers.names_starting(h, b"x-metrion-") == {k.lower() for k, _ in expected
                                                             if k.lower().startswith(b"x-metrion-")}
+
+
+RESPONSE_NAMES = [b"content-type", b"content-length", b"x-request-id", b"date", b"Content-Type", b"X-Request-Id"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.tuples(st.sampled_from(RESPONSE_NAMES), st.binary(min_size=0, max_size=6)), max_size=6))
+def test_pick_fields_matches_a_plain_loop_whether_names_are_lower_case_and_unique_or_not(fields):
+    wanted = frozenset({b"content-type", b"content-length", b"x-request-id"})
+    assert headers.pick_fields(tuple(fields), wanted) == {
+        n: ", ".join(reference_get_all(fields, n)) for n in wanted if reference_get_all(fields, n)}

@@ -198,12 +198,13 @@ def test_an_error_in_the_one_pass_leaves_the_request_to_the_chain(world, monkeyp
 
     both(metrion, lambda: openai_flow(headers=bearer(known["ok"]), body=CHAT))  # the token's hash known
     counted = dict(metrion.children[3].used)
-    monkeypatch.setattr("addons.onepass.fast_headers.replaced", broken)
+    monkeypatch.setattr("addons.onepass.credential_in", broken)
     flow = openai_flow(headers=bearer(known["ok"]), body=CHAT)
     metrion.request(flow)
-    # The chain met the same error swapping the key, and failed closed; nothing was counted.
-    assert flow.response.status_code == 500
-    assert dict(metrion.children[3].used) == counted
+    # The chain took it from the start: forwarded with the key, counted once.
+    assert flow.response is None and flow.request.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    account = flow.metadata["metrion"]["account_id"]
+    assert metrion.children[3].used[account] == counted[account] + 1
     assert "the one pass failed" in caplog.text and known["ok"] not in caplog.text
 
 

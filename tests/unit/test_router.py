@@ -85,3 +85,25 @@ def test_metrion_dispatches_its_children_in_order_and_awaits_a_coroutine():
     assert calls == ["a"]  # the rest waits for the coroutine
     asyncio.run(pending)
     assert calls == ["a", "async", "b"]
+
+
+def test_a_response_hook_of_one_child_is_called_directly_and_of_several_in_order():
+    from addons.metrion import Metrion
+    from addons.recorder import Recorder
+
+    metrion = Metrion()
+    recorder = next(c for c in metrion.children if isinstance(c, Recorder))
+    assert metrion.responseheaders == recorder.responseheaders
+    assert metrion.response == recorder.response
+
+    calls = []
+
+    class Watcher:
+        def responseheaders(self, flow):
+            calls.append("watcher")
+
+    metrion.add(Watcher())
+    assert metrion.hooks["responseheaders"] == [recorder.responseheaders, metrion.children[-1].responseheaders]
+    assert metrion.responseheaders != recorder.responseheaders
+    metrion.responseheaders(openai_flow())  # the Recorder's finds no metadata and returns
+    assert calls == ["watcher"]
