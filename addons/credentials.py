@@ -4,14 +4,15 @@
   directory; the account's stored key for this provider replaces it, in the same place.
 - Unknown or revoked token, no stored key, no credential at all, or two different credentials:
   401 in the provider's shape, nothing forwarded.
-- A credential with a word starting `mtr_` that is not read as a token (another scheme, or a
-  tab after `Bearer`): 401, so that a token never goes to a provider.
+- A credential with `mtr_` starting a word that is not read as a token (another scheme, a tab
+  or a colon after `Bearer`): 401, rather than sending the token to the provider as a key.
 - Anything else is a provider key (pass-through): forwarded untouched and attributed to the
   account of an `x-metrion-token` header, else to the account that registered the key's
   fingerprint, else to the default account.
 - Fails closed: any error here answers 500 rather than forwarding the token.
 """
 
+import re
 import time
 import urllib.parse
 
@@ -61,6 +62,10 @@ def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str
                  for p in query.split("&")]
         flow.request.path = f"{path}?{'&'.join(parts)}"
 
+
+# `mtr_` starting a word: provider keys are made of letters, digits, `_` and `-`, so inside one
+# (`sk-proj-...mtr_...`) it is part of the key; after anything else it starts a Metrion token.
+_HIDDEN_TOKEN = re.compile(rf"(?<![A-Za-z0-9_-]){re.escape(TOKEN_PREFIX)}")
 
 # A token not in the snapshot triggers one reload (it may be seconds old); a token still unknown
 # after that is not looked for again for this long, so garbage tokens cannot hammer the database.
@@ -172,9 +177,10 @@ class Credentials:
                     del flow.request.headers[name]
             put_credential(flow, slot, stored.key)
             return
-        if any(word.startswith(TOKEN_PREFIX) for word in credential.split()):
-            # A token behind a scheme the slot does not use ("Token mtr_...", "Bearer<TAB>mtr_..."):
-            # taken for a provider key, it would go to the provider.
+        if _HIDDEN_TOKEN.search(credential):
+            # A token behind a scheme or separator the slot does not use ("Token mtr_...",
+            # "Bearer<TAB>mtr_...", "Bearer:mtr_..."): taken for a provider key, it would go to
+            # the provider.
             return refuse(flow, "invalid_token",
                           f"a Metrion token must be sent where {provider.NAME}'s SDK sends its key, "
                           f"{slot_example(slot)}; it was not forwarded")

@@ -35,7 +35,10 @@ class OnePass:
         self.slots: dict[str, dict[bytes, providers.CredentialSlot] | None] = {}
         for name, module in providers.PROVIDERS.items():
             slots = {slot.header: slot for slot in module.CREDENTIALS if slot.location == "header"}
-            self.slots[name] = slots if len(slots) == len(module.CREDENTIALS) else None
+            # The key is put in before the fixed headers, the chain's other order: the same
+            # only while no fixed header is a credential slot.
+            apart = not slots.keys() & router.fixed_headers[name].keys()
+            self.slots[name] = slots if len(slots) == len(module.CREDENTIALS) and apart else None
 
     def admit(self, flow: http.HTTPFlow) -> bool:
         router, store = self.router, self.store

@@ -102,7 +102,8 @@ def test_a_pass_through_key_with_bytes_that_are_not_utf8_is_fingerprinted_not_lo
     assert "sk-unit-odd-key" not in caplog.text
 
 
-@pytest.mark.parametrize("value", ["Token {token}", "Bearer\t{token}", "Bearer Bearer {token}"])
+@pytest.mark.parametrize("value", ["Token {token}", "Bearer\t{token}", "Bearer Bearer {token}", "Bearer:{token}",
+                                   'Bearer "{token}"', "Bearer\xa0{token}"])
 def test_a_token_the_slot_does_not_read_as_one_is_refused_not_forwarded(setup, value):
     """A token behind a scheme the slot does not use would otherwise be taken for a provider key
     and sent to the provider."""
@@ -116,9 +117,10 @@ def test_a_token_the_slot_does_not_read_as_one_is_refused_not_forwarded(setup, v
     assert flow.metadata["metrion"].get("mode") != "passthrough"
 
 
-def test_a_provider_key_with_mtr_inside_a_word_still_passes_through(setup):
+@pytest.mark.parametrize("key", ["sk-proj-abcmtr_def0123", "sk-proj-ab-mtr_def0123", "sk-ant-api03-x_mtr_y"])
+def test_a_provider_key_with_mtr_inside_it_still_passes_through(setup, key):
     _, _, router, credentials, _ = setup
-    flow = run(router, credentials, openai_flow(headers={"authorization": "Bearer sk-proj-abcmtr_def0123"}))
+    flow = run(router, credentials, openai_flow(headers={"authorization": f"Bearer {key}"}))
     assert flow.response is None
-    assert flow.request.headers["authorization"] == "Bearer sk-proj-abcmtr_def0123"
+    assert flow.request.headers["authorization"] == f"Bearer {key}"
     assert flow.metadata["metrion"]["mode"] == "passthrough"

@@ -208,6 +208,33 @@ def test_an_error_in_the_one_pass_leaves_the_request_to_the_chain(world, monkeyp
     assert "the one pass failed" in caplog.text and known["ok"] not in caplog.text
 
 
+def test_a_stored_key_that_cannot_be_sent_fails_closed_and_counts_nothing(world, caplog):
+    """The one pass meets it while making the new headers, before it counts: the chain then
+    meets it too, answers 500 and forwards nothing."""
+    metrion, _, known = world
+    both(metrion, lambda: openai_flow(headers=bearer(known["ok"]), body=CHAT))  # the token's hash known
+    directory = metrion.store.directory
+    account = directory.tokens[metrion.children[1]._hash(known["ok"])].account_id
+    stored = directory.keys[(account, "openai")]
+    directory.keys[(account, "openai")] = stored._replace(key="sk-\ud800-not-encodable")
+    counted = dict(metrion.children[3].used)
+    flow = openai_flow(headers=bearer(known["ok"]), body=CHAT)
+    metrion.request(flow)
+    assert flow.response.status_code == 500
+    assert dict(metrion.children[3].used) == counted
+    assert "the one pass failed" in caplog.text and known["ok"] not in caplog.text
+
+
+def test_a_fixed_header_that_is_also_a_credential_slot_turns_the_one_pass_off_for_that_provider():
+    from addons.onepass import OnePass
+    from addons.router import Router
+
+    router = Router()
+    router.fixed_headers["anthropic"][b"x-api-key"] = "fixed"
+    one_pass = OnePass(router, None, None, None)
+    assert one_pass.slots["anthropic"] is None and one_pass.slots["openai"]
+
+
 def test_with_another_request_hook_among_the_children_the_one_pass_is_off(world):
     metrion, _, known = world
     seen = []
