@@ -22,8 +22,6 @@ Prints one line per round, then the medians and ranges; nothing is written.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
 import shutil
 import signal
@@ -88,17 +86,12 @@ def start_side(name: str, label: str, code_dir: Path, tmp: Path, env: dict, fake
 
 
 def wrk(side: Side, connections: int, seconds: int, mode: str, cpus: set[int] | None) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", bench.LUA, side.url, "--",
-         side.auth, mode], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=bench._child_setup(cpus, True))
+    return subprocess.Popen(bench.wrk_argv(side.url, side.auth, connections, seconds, mode), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=bench._child_setup(cpus, True))
 
 
 def requests_done(output: str, side: Side) -> tuple[int, int]:
-    line = next((l for l in output.splitlines() if l.startswith("BENCH_RESULT ")), None)
-    if line is None:
-        raise bench.BenchError(f"wrk gave no result for {side.name}:\n{output}")
-    result = json.loads(line.removeprefix("BENCH_RESULT "))
+    result = bench.wrk_result(output, side.name)
     return result["requests"], sum(result["errors"].values())
 
 

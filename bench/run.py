@@ -173,6 +173,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wrk_argv(url: str, auth: str, connections: int, seconds: int, mode: str) -> list[str]:
+    """One wrk run of bench/lua/chat.lua (MODE: json, stream or mix) against `url`."""
+    return ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, url, "--",
+            auth, mode]
+
+
+def wrk_result(output: str, what: str, stderr: str = "") -> dict:
+    """The BENCH_RESULT line chat.lua's done() prints, as a dict (requests, errors, latency...)."""
+    line = next((l for l in output.splitlines() if l.startswith("BENCH_RESULT ")), None)
+    if line is None:
+        raise BenchError(f"wrk gave no result for {what}:\n{output}{stderr}")
+    return json.loads(line.removeprefix("BENCH_RESULT "))
+
+
 def run_script(argv: list[str], what: str, env: dict, timeout: float, cpus: set[int] | None = None) -> dict:
     """Runs one of bench/'s helper scripts (on `cpus` when given); its last line of output is a
     JSON object, with "error" when it failed."""
@@ -463,16 +477,9 @@ class Bench:
                 return
 
     def wrk(self, target: Target, connections: int, seconds: int, mode: str) -> dict:
-        argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", LUA,
-                target.url, "--", target.auth, mode]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
-                           preexec_fn=_child_setup(self.load_cpus, True))
-        for line in r.stdout.splitlines():
-            if line.startswith("BENCH_RESULT "):
-                result = json.loads(line.removeprefix("BENCH_RESULT "))
-                break
-        else:
-            raise BenchError(f"wrk gave no result for {target.name} ({r.returncode}):\n{r.stdout}{r.stderr}")
+        r = subprocess.run(wrk_argv(target.url, target.auth, connections, seconds, mode), capture_output=True,
+                           text=True, timeout=seconds + 60, preexec_fn=_child_setup(self.load_cpus, True))
+        result = wrk_result(r.stdout, f"{target.name} ({r.returncode})", r.stderr)
         target.served += result["requests"]
         errors = {k: v for k, v in result["errors"].items() if v}
         if errors:
@@ -612,8 +619,7 @@ class Bench:
         seconds = self.s.paired_duration
         before = [t.proc.cpu_seconds() for t in targets]
         runs = [subprocess.Popen(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", LUA, t.url, "--",
-             t.auth, mode],
+            wrk_argv(t.url, t.auth, connections, seconds, mode),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             preexec_fn=_child_setup(self.load_cpus, True)) for t in targets]
         try:
@@ -626,10 +632,7 @@ class Bench:
         spent = [t.proc.cpu_seconds() - b for t, b in zip(targets, before)]
         rates = []
         for t, out, cpu in zip(targets, outputs, spent):
-            line = next((l for l in out.splitlines() if l.startswith("BENCH_RESULT ")), None)
-            if line is None:
-                raise BenchError(f"wrk gave no result for {t.name} (paired):\n{out}")
-            result = json.loads(line.removeprefix("BENCH_RESULT "))
+            result = wrk_result(out, f"{t.name} (paired)")
             t.served += result["requests"]
             errors = {k: v for k, v in result["errors"].items() if v}
             if errors:
