@@ -99,11 +99,14 @@ def test_a_response_hook_of_one_child_is_called_directly_and_of_several_in_order
     calls = []
 
     class Watcher:
-        def responseheaders(self, flow):
-            calls.append("watcher")
+        def __init__(self, name):
+            self.name = name
 
-    metrion.add(Watcher())
-    assert metrion.hooks["responseheaders"] == [recorder.responseheaders, metrion.children[-1].responseheaders]
+        def responseheaders(self, flow):
+            calls.append(self.name)
+
+    metrion.add(Watcher("first"))
+    metrion.add(Watcher("second"))
     assert metrion.responseheaders != recorder.responseheaders
     metrion.responseheaders(openai_flow())  # the Recorder's finds no metadata and returns
-    assert calls == ["watcher"]
+    assert calls == ["first", "second"]
