@@ -11,8 +11,9 @@
   `latency_ms` to the last byte.
 - A client that goes away mid-stream leaves a row with `client_aborted` and the usage seen.
 - The row is built in the writer's thread from what the finished request leaves (`row_source`):
-  the event loop only takes references, and the body or stream copy is read there. Bodies past
-  `MAX_READ_LATER` bytes are read at once, so a row waiting to be built holds at most that.
+  an answered flow goes there whole, and its values, body or stream copy are read there. A
+  flow whose bodies hold more than `MAX_READ_LATER` bytes, or one that failed, is read on the
+  event loop, so a row waiting to be built holds at most that.
 """
 
 import asyncio
@@ -337,6 +338,16 @@ def fields_at_the_edges(head: bytes, tail: bytes) -> dict:
     return found
 
 
+def _buffered_as_sent(as_sent: dict[bytes, bytes], field_count: int) -> bool:
+    """True for the common answer with its names in lower case, each once (HTTP/2, and most
+    HTTP/1 servers): not SSE, of known length up to MAX_BUFFERED, so mitmproxy buffers it.
+    False means only that the general path decides: the same question, asked of every field."""
+    length = as_sent.get(b"content-length")
+    return (length is not None and length.isdigit() and int(length) <= MAX_BUFFERED
+            and not as_sent.get(b"content-type", b"").startswith(b"text/event-stream")
+            and len(as_sent) == field_count and b"\0".join(as_sent).islower())
+
+
 class Recorder:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -355,7 +366,10 @@ class Recorder:
         meta = flow.metadata.get("metrion")
         if not meta or not meta.get("provider") or flow.response is None:
             return
-        facts = meta["response_facts"] = headers.pick(flow.response.headers, _FACT_HEADERS[meta["provider"]])
+        fields = flow.response.data.headers.fields
+        if _buffered_as_sent(dict(fields), len(fields)):
+            return  # read in the response hook; the row's headers are read in the writer's thread
+        facts = meta["response_facts"] = headers.pick_fields(fields, _FACT_HEADERS[meta["provider"]])
         encoding = facts.get(b"content-encoding", "")
         if facts.get(b"content-type", "").startswith("text/event-stream"):
             reader = providers.get(meta["provider"]).stream_reader(flow.request.path)
@@ -368,10 +382,20 @@ class Recorder:
         flow.response.stream = tap.stream_callable() if isinstance(tap, SSETap) else tap
 
     def response(self, flow: http.HTTPFlow) -> None:
-        # Just after this hook, not in it: mitmproxy sends a buffered answer only once the hook
-        # returns, and only then notices a client that left meanwhile (it sets flow.error and
-        # calls no error hook): the row must see that.
-        asyncio.get_running_loop().call_soon(self._record, flow)
+        # The row's values are taken after this hook, not in it: mitmproxy sends a buffered
+        # answer only once the hook returns, and only then notices a client that left meanwhile
+        # (it sets flow.error and calls no error hook): the row must see that. A small flow
+        # goes to the writer's thread whole and is read there, at its next wake-up; one that
+        # holds more is read on the loop just after this hook, so a queued row stays small.
+        self.store.inflight.pop(flow.id, None)
+        meta = flow.metadata.get("metrion")
+        if meta is None or meta.get("recorded"):
+            return
+        if bytes_to_read(flow, meta) <= MAX_READ_LATER:
+            meta["recorded"] = True
+            self.store.put_row_later(row_of_flow, flow)
+        else:
+            asyncio.get_running_loop().call_soon(self._record, flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
@@ -382,16 +406,40 @@ class Recorder:
         if meta is None or meta.get("recorded"):
             return
         meta["recorded"] = True
-        try:
-            source = row_source(flow, meta)
-        except Exception as e:  # never lose the row: keep what is certain
-            logger.error("metrion: could not record %s: %r", flow.request.path.split("?")[0], e)
-            meta.setdefault("error", f"metrion could not read the response: {e!r}"[:300])
-            source = row_source(flow, meta, read=False)
+        source = safe_row_source(flow, meta)
         if source[-1] <= MAX_READ_LATER:
             self.store.put_row_later(finish_row, source)
         else:
             self.store.put_row(finish_row(source))
+
+
+def bytes_to_read(flow: http.HTTPFlow, meta: dict) -> int:
+    """What a finished flow's row would read: its request body, and its response body or the
+    unread part of its stream copy (as `row_source` counts it)."""
+    request_body = flow.request.data.content
+    size = len(request_body) if request_body else 0
+    tap = meta.get("tap")
+    if tap is not None:
+        return size + (tap.unread_bytes if tap.streamed else tap.bytes)
+    response = flow.response
+    if response is not None and response.data.content is not None:
+        size += len(response.data.content)
+    return size
+
+
+def row_of_flow(flow: http.HTTPFlow) -> tuple:
+    """The row of a finished flow, read in the writer's thread (`Writer.put_later`)."""
+    return finish_row(safe_row_source(flow, flow.metadata["metrion"]))
+
+
+def safe_row_source(flow: http.HTTPFlow, meta: dict) -> tuple:
+    """`row_source`, or on an error what is certain (no body or stream read), logged."""
+    try:
+        return row_source(flow, meta)
+    except Exception as e:  # never lose the row: keep what is certain
+        logger.error("metrion: could not record %s: %r", flow.request.path.split("?")[0], e)
+        meta.setdefault("error", f"metrion could not read the response: {e!r}"[:300])
+        return row_source(flow, meta, read=False)
 
 
 def row_source(flow: http.HTTPFlow, meta: dict, read: bool = True) -> tuple:
@@ -400,17 +448,12 @@ def row_source(flow: http.HTTPFlow, meta: dict, read: bool = True) -> tuple:
     The last item is how many bytes it holds and building the row may read: the body or
     stream copy, and the request body (read for the model when the response names none)."""
     request, response, error = flow.request.data, flow.response, flow.error
-    answer, to_read = None, len(request.content) if request.content else 0
+    answer = None
     if response is not None:
         response = response.data
         answer = (response.status_code, response.timestamp_start, response.timestamp_end,
                   response.content, response.headers.fields)
-        if read:
-            tap = meta.get("tap")
-            if tap is not None:
-                to_read += tap.unread_bytes if tap.streamed else tap.bytes
-            elif response.content is not None:
-                to_read += len(response.content)
+    to_read = bytes_to_read(flow, meta) if read else len(request.content) if request.content else 0
     return (meta, request.timestamp_start, request.method, request.path, request.content, answer,
             (error.msg, flow.client_conn.timestamp_end is not None) if error else None,
             time.time(), read, to_read)

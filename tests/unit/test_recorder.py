@@ -1,0 +1,134 @@
+"""The Recorder's response side: how it decides to buffer or tap an answer, and the row it leaves.
+
+The rows go through the Store's real writer into a real SQLite file; the flows are mitmproxy's
+test flows, admitted by Metrion's own request hook first.
+"""
+
+import asyncio
+import sqlite3
+import time
+
+from hypothesis import given, settings, strategies as st
+from mitmproxy import flow as mflow, http
+from mitmproxy.test import taddons
+
+from addons.metrion import Metrion
+from addons.recorder import MAX_BUFFERED, MAX_READ_LATER, BodyTap, Recorder, SSETap
+from addons.store import Store
+from metrion_cli.paths import resolve
+
+from .helpers import data_dir_with_acme, openai_flow
+
+OPENAI_KEY = "sk-test-recorder-openai-0001"
+ANSWER = (b'{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini-2024-07-18",'
+          b'"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}')
+
+# Header fields as servers send them: lower or mixed case, sometimes twice.
+_FIELDS = [
+    (b"content-type", b"application/json"), (b"Content-Type", b"application/json"),
+    (b"content-type", b"text/event-stream"), (b"Content-Type", b"text/event-stream; charset=utf-8"),
+    (b"content-length", b"120"), (b"Content-Length", b"120"), (b"CONTENT-LENGTH", b"0"),
+    (b"content-length", str(MAX_BUFFERED).encode()), (b"content-length", str(MAX_BUFFERED + 1).encode()),
+    (b"content-length", b"5000000"), (b"content-encoding", b"gzip"), (b"x-request-id", b"req_1"),
+    (b"X-Request-Id", b"req_2"), (b"date", b"Mon, 07 Dec 2026 17:00:00 GMT"),
+]
+
+
+def answer(fields, content=b"", status=200):
+    now = time.time()
+    return http.Response(b"HTTP/1.1", status, b"OK", http.Headers(fields), content, None, now, now)
+
+
+def expected_handling(fields) -> str:
+    """What mitmproxy's own header lookup (names folded, repeated values joined) says."""
+    headers = http.Headers(fields)
+    if headers.get("content-type", "").startswith("text/event-stream"):
+        return "tap the stream"
+    length = headers.get("content-length", "x")
+    return "buffer" if length.isdigit() and int(length) <= MAX_BUFFERED else "tap the body"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_FIELDS), max_size=6))
+def test_buffers_or_taps_as_the_answers_headers_say_whatever_their_case(fields):
+    recorder = Recorder(Store())
+    flow = openai_flow()
+    flow.metadata["metrion"] = {"provider": "openai"}
+    flow.response = answer(fields)
+    recorder.responseheaders(flow)
+    tap = flow.metadata["metrion"].get("tap")
+    handling = {SSETap: "tap the stream", BodyTap: "tap the body", type(None): "buffer"}[type(tap)]
+    assert handling == expected_handling(fields)
+    assert (flow.response.stream is not False) == (tap is not None)
+
+
+def admitted(metrion: Metrion, token: str, body: bytes = b'{"model":"gpt-4o-mini","messages":[]}'):
+    flow = openai_flow(headers={"authorization": f"Bearer {token}"}, body=body)
+    assert metrion.request(flow) is None and flow.response is None
+    return flow
+
+
+def rows(data_dir) -> list[dict]:
+    conn = sqlite3.connect(resolve(data_dir).metrion_db)
+    conn.row_factory = sqlite3.Row
+    return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
+
+
+def finish(metrion: Metrion, flows_and_answers, after_hook=lambda flow: None) -> None:
+    """Each flow's answer through the response hooks, on a running loop, then the writer's flush."""
+    async def answer_all():
+        for flow, response in flows_and_answers:
+            flow.response = response
+            metrion.responseheaders(flow)
+            metrion.response(flow)
+            after_hook(flow)
+        await asyncio.sleep(0)  # what the response hook left for just after it
+
+    asyncio.run(answer_all())
+    metrion.store.done()
+
+
+def test_an_answered_request_leaves_its_row_with_usage_and_request_id(data_dir):
+    _, token = data_dir_with_acme(data_dir, OPENAI_KEY)
+    metrion = Metrion(data_dir=str(data_dir))
+    with taddons.context(metrion) as tctx:
+        tctx.configure(metrion, metrion_data_dir=str(data_dir))
+        small = admitted(metrion, token)
+        # Bodies past MAX_READ_LATER are read on the event loop, not queued: a row either way.
+        large_answer = ANSWER[:-1] + b',"padding":"' + b"x" * MAX_READ_LATER + b'"}'
+        large = admitted(metrion, token)
+        finish(metrion, [
+            (small, answer([(b"content-type", b"application/json"), (b"x-request-id", b"req_small"),
+                            (b"content-length", str(len(ANSWER)).encode())], ANSWER)),
+            (large, answer([(b"Content-Type", b"application/json"), (b"X-Request-Id", b"req_large"),
+                            (b"Content-Length", str(len(large_answer)).encode())], large_answer)),
+        ])
+    by_request_id = {r["upstream_request_id"]: r for r in rows(data_dir)}
+    assert set(by_request_id) == {"req_small", "req_large"}
+    for row in by_request_id.values():
+        assert (row["status"], row["model"], row["input_tokens"], row["output_tokens"]) == (
+            200, "gpt-4o-mini-2024-07-18", 12, 3)
+        assert row["mode"] == "stored" and row["client_aborted"] == 0 and row["error"] is None
+    assert by_request_id["req_large"]["response_bytes"] == len(large_answer)
+    assert metrion.store.inflight == {}
+
+
+def test_a_client_that_left_as_the_answer_was_sent_is_in_its_row(data_dir):
+    # mitmproxy notices it only after the response hook returns: it sets flow.error and calls
+    # no error hook. The row is read after that.
+    _, token = data_dir_with_acme(data_dir, OPENAI_KEY)
+    metrion = Metrion(data_dir=str(data_dir))
+
+    def client_leaves(flow):
+        flow.client_conn.timestamp_end = time.time()
+        flow.error = mflow.Error("Client disconnected.")
+
+    with taddons.context(metrion) as tctx:
+        tctx.configure(metrion, metrion_data_dir=str(data_dir))
+        flow = admitted(metrion, token)
+        finish(metrion, [(flow, answer([(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(ANSWER)).encode())], ANSWER))],
+               after_hook=client_leaves)
+    [row] = rows(data_dir)
+    assert row["client_aborted"] == 1 and row["error"] == "Client disconnected."
+    assert (row["status"], row["input_tokens"]) == (200, 12)
