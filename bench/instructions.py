@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     def start(name: str, argv: list[str], port: int, cpus_: set[int] | None, line: str | None = None) -> run.Proc:
         proc = run.Proc(name, argv, tmp, cpus_, env)
         procs.append(proc)
-        proc.wait_ready(port=port, line=line, timeout=300)
+        proc.wait_ready(port=port, line=line, timeout=1200)
         return proc
 
     rows: list[tuple[str, float, float, float | None]] = []
