@@ -41,7 +41,7 @@ bench-ab: $(STAMP)
 	$(VENV)/bin/python bench/ab.py --base $(BASE) $(AB_ARGS)
 
 # Instructions per request under valgrind's callgrind: steadier than time, for judging a change
-# to the hot path, and simulated L2 misses (bench/instructions.py); about 7 minutes. valgrind is
+# to the hot path, and simulated L2 misses (bench/instructions.py); 7 to 25 minutes. valgrind is
 # Debian's package.
 bench-instructions: $(STAMP)
 	@command -v valgrind >/dev/null 2>&1 || apt-get install -y valgrind || (apt-get update && apt-get install -y valgrind)
