@@ -382,18 +382,20 @@ class Recorder:
         flow.response.stream = tap.stream_callable() if isinstance(tap, SSETap) else tap
 
     def response(self, flow: http.HTTPFlow) -> None:
-        # The row's values are taken after this hook, not in it: mitmproxy sends a buffered
-        # answer only once the hook returns, and only then notices a client that left meanwhile
-        # (it sets flow.error and calls no error hook): the row must see that. A small flow
-        # goes to the writer's thread whole and is read there, at its next wake-up; one that
-        # holds more is read on the loop just after this hook, so a queued row stays small.
+        # The row's values are taken after this hook's step, not in it: once the hook returns,
+        # mitmproxy sends a buffered answer and notices a client that left meanwhile (it sets
+        # flow.error and calls no error hook), and a later script's hook may still change the
+        # flow: the row must see all that. So the flow is handed over just after the step. A
+        # small flow goes to the writer's thread whole and is read there (the writer could
+        # otherwise take it mid-step, at a forced thread switch); one that holds more is read
+        # on the loop, so a queued row stays small.
         self.store.inflight.pop(flow.id, None)
         meta = flow.metadata.get("metrion")
         if meta is None or meta.get("recorded"):
             return
         if bytes_to_read(flow, meta) <= MAX_READ_LATER:
             meta["recorded"] = True
-            self.store.put_row_later(row_of_flow, flow)
+            asyncio.get_running_loop().call_soon(self.store.put_row_later, row_of_flow, flow)
         else:
             asyncio.get_running_loop().call_soon(self._record, flow)
 

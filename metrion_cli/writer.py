@@ -20,7 +20,8 @@ the machine's varying speed), and off the event loop. On the whole proxy
 (old and new code loaded at once, requests per CPU-second) it read +0.3 to +1.1%, inside that
 measurement's own ±2%; streams gained about a point in `make bench`. The thread builds
 everything queued at each wake-up, whether or not the database takes the rows, so nothing waits
-unbuilt for longer than one wake-up (at most a second while it fails).
+unbuilt for longer than one wake-up (while the database is locked, a wake-up may wait out
+SQLite's 5 s busy timeout).
 
 On Linux the thread runs `NICE_INCREMENT` steps nicer than the proxy. When it shares a core with
 the event loop, a commit (a few ms of CPU every 250 ms) otherwise holds off the requests that

@@ -132,3 +132,30 @@ def test_a_client_that_left_as_the_answer_was_sent_is_in_its_row(data_dir):
     [row] = rows(data_dir)
     assert row["client_aborted"] == 1 and row["error"] == "Client disconnected."
     assert (row["status"], row["input_tokens"]) == (200, 12)
+
+
+def test_the_writer_is_handed_the_flow_only_once_the_hooks_step_is_over(data_dir):
+    # In that step, after the response hook, mitmproxy notices a client that left and later
+    # scripts' hooks run: a writer thread that took the flow mid-step (at a forced thread
+    # switch) would miss them.
+    _, token = data_dir_with_acme(data_dir, OPENAI_KEY)
+    metrion = Metrion(data_dir=str(data_dir))
+    with taddons.context(metrion) as tctx:
+        tctx.configure(metrion, metrion_data_dir=str(data_dir))
+        flow = admitted(metrion, token)
+        handed, put_row_later = [], metrion.store.put_row_later
+        metrion.store.put_row_later = lambda build, source: (handed.append(source), put_row_later(build, source))
+
+        async def step():
+            flow.response = answer([(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(ANSWER)).encode())], ANSWER)
+            metrion.responseheaders(flow)
+            metrion.response(flow)
+            during = list(handed)
+            await asyncio.sleep(0)
+            return during, list(handed)
+
+        assert asyncio.run(step()) == ([], [flow])
+        metrion.store.done()
+    [row] = rows(data_dir)
+    assert (row["status"], row["input_tokens"], row["client_aborted"]) == (200, 12, 0)
