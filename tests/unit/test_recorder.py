@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 import time
 
+import pytest
 from hypothesis import given, settings, strategies as st
 from mitmproxy import flow as mflow, http
 from mitmproxy.test import taddons
@@ -62,6 +63,17 @@ def test_buffers_or_taps_as_the_answers_headers_say_whatever_their_case(fields):
     assert (flow.response.stream is not False) == (tap is not None)
 
 
+@pytest.fixture
+def serving(data_dir):
+    """Metrion configured over a data directory with account acme (its OpenAI key, a token)."""
+    _, token = data_dir_with_acme(data_dir, OPENAI_KEY)
+    metrion = Metrion(data_dir=str(data_dir))
+    with taddons.context(metrion) as tctx:
+        tctx.configure(metrion, metrion_data_dir=str(data_dir))
+        yield metrion, token
+        metrion.store.done()
+
+
 def admitted(metrion: Metrion, token: str, body: bytes = b'{"model":"gpt-4o-mini","messages":[]}'):
     flow = openai_flow(headers={"authorization": f"Bearer {token}"}, body=body)
     assert metrion.request(flow) is None and flow.response is None
@@ -88,21 +100,18 @@ def finish(metrion: Metrion, flows_and_answers, after_hook=lambda flow: None) ->
     metrion.store.done()
 
 
-def test_an_answered_request_leaves_its_row_with_usage_and_request_id(data_dir):
-    _, token = data_dir_with_acme(data_dir, OPENAI_KEY)
-    metrion = Metrion(data_dir=str(data_dir))
-    with taddons.context(metrion) as tctx:
-        tctx.configure(metrion, metrion_data_dir=str(data_dir))
-        small = admitted(metrion, token)
-        # Bodies past MAX_READ_LATER are read on the event loop, not queued: a row either way.
-        large_answer = ANSWER[:-1] + b',"padding":"' + b"x" * MAX_READ_LATER + b'"}'
-        large = admitted(metrion, token)
-        finish(metrion, [
-            (small, answer([(b"content-type", b"application/json"), (b"x-request-id", b"req_small"),
-                            (b"content-length", str(len(ANSWER)).encode())], ANSWER)),
-            (large, answer([(b"Content-Type", b"application/json"), (b"X-Request-Id", b"req_large"),
-                            (b"Content-Length", str(len(large_answer)).encode())], large_answer)),
-        ])
+def test_an_answered_request_leaves_its_row_with_usage_and_request_id(serving, data_dir):
+    metrion, token = serving
+    small = admitted(metrion, token)
+    # Bodies past MAX_READ_LATER are read on the event loop, not queued: a row either way.
+    large_answer = ANSWER[:-1] + b',"padding":"' + b"x" * MAX_READ_LATER + b'"}'
+    large = admitted(metrion, token)
+    finish(metrion, [
+        (small, answer([(b"content-type", b"application/json"), (b"x-request-id", b"req_small"),
+                        (b"content-length", str(len(ANSWER)).encode())], ANSWER)),
+        (large, answer([(b"Content-Type", b"application/json"), (b"X-Request-Id", b"req_large"),
+                        (b"Content-Length", str(len(large_answer)).encode())], large_answer)),
+    ])
     by_request_id = {r["upstream_request_id"]: r for r in rows(data_dir)}
     assert set(by_request_id) == {"req_small", "req_large"}
     for row in by_request_id.values():
@@ -113,49 +122,42 @@ def test_an_answered_request_leaves_its_row_with_usage_and_request_id(data_dir):
     assert metrion.store.inflight == {}
 
 
-def test_a_client_that_left_as_the_answer_was_sent_is_in_its_row(data_dir):
+def test_a_client_that_left_as_the_answer_was_sent_is_in_its_row(serving, data_dir):
     # mitmproxy notices it only after the response hook returns: it sets flow.error and calls
     # no error hook. The row is read after that.
-    _, token = data_dir_with_acme(data_dir, OPENAI_KEY)
-    metrion = Metrion(data_dir=str(data_dir))
-
     def client_leaves(flow):
         flow.client_conn.timestamp_end = time.time()
         flow.error = mflow.Error("Client disconnected.")
 
-    with taddons.context(metrion) as tctx:
-        tctx.configure(metrion, metrion_data_dir=str(data_dir))
-        flow = admitted(metrion, token)
-        finish(metrion, [(flow, answer([(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(ANSWER)).encode())], ANSWER))],
-               after_hook=client_leaves)
+    metrion, token = serving
+    flow = admitted(metrion, token)
+    finish(metrion, [(flow, answer([(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(ANSWER)).encode())], ANSWER))],
+           after_hook=client_leaves)
     [row] = rows(data_dir)
     assert row["client_aborted"] == 1 and row["error"] == "Client disconnected."
     assert (row["status"], row["input_tokens"]) == (200, 12)
 
 
-def test_the_writer_is_handed_the_flow_only_once_the_hooks_step_is_over(data_dir):
+def test_the_writer_is_handed_the_flow_only_once_the_hooks_step_is_over(serving, data_dir):
     # In that step, after the response hook, mitmproxy notices a client that left and later
     # scripts' hooks run: a writer thread that took the flow mid-step (at a forced thread
     # switch) would miss them.
-    _, token = data_dir_with_acme(data_dir, OPENAI_KEY)
-    metrion = Metrion(data_dir=str(data_dir))
-    with taddons.context(metrion) as tctx:
-        tctx.configure(metrion, metrion_data_dir=str(data_dir))
-        flow = admitted(metrion, token)
-        handed, put_row_later = [], metrion.store.put_row_later
-        metrion.store.put_row_later = lambda build, source: (handed.append(source), put_row_later(build, source))
+    metrion, token = serving
+    flow = admitted(metrion, token)
+    handed, put_row_later = [], metrion.store.put_row_later
+    metrion.store.put_row_later = lambda build, source: (handed.append(source), put_row_later(build, source))
 
-        async def step():
-            flow.response = answer([(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(ANSWER)).encode())], ANSWER)
-            metrion.responseheaders(flow)
-            metrion.response(flow)
-            during = list(handed)
-            await asyncio.sleep(0)
-            return during, list(handed)
+    async def step():
+        flow.response = answer([(b"content-type", b"application/json"),
+                                (b"content-length", str(len(ANSWER)).encode())], ANSWER)
+        metrion.responseheaders(flow)
+        metrion.response(flow)
+        during = list(handed)
+        await asyncio.sleep(0)
+        return during, list(handed)
 
-        assert asyncio.run(step()) == ([], [flow])
-        metrion.store.done()
+    assert asyncio.run(step()) == ([], [flow])
+    metrion.store.done()
     [row] = rows(data_dir)
     assert (row["status"], row["input_tokens"], row["client_aborted"]) == (200, 12, 0)
