@@ -83,13 +83,18 @@ def pick(headers: Headers, names: frozenset[bytes]) -> dict[bytes, str]:
     return pick_fields(headers.fields, names)
 
 
+def lower_case_dict(fields: tuple) -> dict[bytes, bytes] | None:
+    """The fields as one dict made in C, when every name is in lower case and sent once (HTTP/2
+    peers, and many HTTP/1 ones); else None. A provider's answer has a dozen fields or more,
+    looked at one by one in Python otherwise."""
+    as_sent = dict(fields)
+    return as_sent if len(as_sent) == len(fields) and b"\0".join(as_sent).islower() else None
+
+
 def pick_fields(fields: tuple, names: frozenset[bytes]) -> dict[bytes, str]:
     """`pick` over (name, value) pairs, without a Headers around them."""
-    # HTTP/2 peers, and many HTTP/1 ones, send every name in lower case and once: then a dict
-    # made in C answers each name (a provider's answer has a dozen fields or more, looked at
-    # one by one in Python otherwise).
-    as_sent = dict(fields)
-    if len(as_sent) == len(fields) and b"\0".join(as_sent).islower():
+    as_sent = lower_case_dict(fields)
+    if as_sent is not None:
         return {name: as_sent[name].decode("utf-8", "surrogateescape") for name in names if name in as_sent}
     found: dict[bytes, str] = {}
     get = _LOWER.get

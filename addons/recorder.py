@@ -338,14 +338,16 @@ def fields_at_the_edges(head: bytes, tail: bytes) -> dict:
     return found
 
 
-def _buffered_as_sent(as_sent: dict[bytes, bytes], field_count: int) -> bool:
+def _buffered_as_sent(fields: tuple) -> bool:
     """True for the common answer with its names in lower case, each once (HTTP/2, and most
     HTTP/1 servers): not SSE, of known length up to MAX_BUFFERED, so mitmproxy buffers it.
     False means only that the general path decides: the same question, asked of every field."""
+    as_sent = headers.lower_case_dict(fields)
+    if as_sent is None:
+        return False
     length = as_sent.get(b"content-length")
     return (length is not None and length.isdigit() and int(length) <= MAX_BUFFERED
-            and not as_sent.get(b"content-type", b"").startswith(b"text/event-stream")
-            and len(as_sent) == field_count and b"\0".join(as_sent).islower())
+            and not as_sent.get(b"content-type", b"").startswith(b"text/event-stream"))
 
 
 class Recorder:
@@ -367,7 +369,7 @@ class Recorder:
         if not meta or not meta.get("provider") or flow.response is None:
             return
         fields = flow.response.data.headers.fields
-        if _buffered_as_sent(dict(fields), len(fields)):
+        if _buffered_as_sent(fields):
             return  # read in the response hook; the row's headers are read in the writer's thread
         facts = meta["response_facts"] = headers.pick_fields(fields, _FACT_HEADERS[meta["provider"]])
         encoding = facts.get(b"content-encoding", "")
