@@ -6,6 +6,8 @@
   401 in the provider's shape, nothing forwarded.
 - A credential with `mtr_` starting a word that is not read as a token (another scheme, a tab
   or a colon after `Bearer`): 401, rather than sending the token to the provider as a key.
+- A token anywhere outside the provider's credential slots (another header, a query
+  parameter): 401 naming where, in either mode; only the slots are swapped, so it would go on.
 - Anything else is a provider key (pass-through): forwarded untouched and attributed to the
   account of an `x-metrion-token` header, else to the account that registered the key's
   fingerprint, else to the default account.
@@ -66,6 +68,29 @@ def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str
 # `mtr_` starting a word: provider keys are made of letters, digits, `_` and `-`, so inside one
 # (`sk-proj-...mtr_...`) it is part of the key; after anything else it starts a Metrion token.
 _HIDDEN_TOKEN = re.compile(rf"(?<![A-Za-z0-9_-]){re.escape(TOKEN_PREFIX)}")
+_TOKEN_BYTES = TOKEN_PREFIX.encode()
+
+
+def token_outside_slots(request: http.Request, slots) -> str | None:
+    """Where a Metrion token sits outside the provider's credential slots ("the x-custom
+    header", "the foo query parameter"), or None. Only the slots are swapped or checked: a
+    token anywhere else would go to the provider as it is. Names only, never the value."""
+    slot_headers = {slot.header for slot in slots if slot.location == "header"}
+    for name, value in request.data.headers.fields:
+        if _TOKEN_BYTES in name and _HIDDEN_TOKEN.search(name.decode("utf-8", "surrogateescape")):
+            return "a header's name"
+        if _TOKEN_BYTES in value and name.lower() not in slot_headers \
+                and _HIDDEN_TOKEN.search(value.decode("utf-8", "surrogateescape")):
+            return f"the {name.decode('utf-8', 'backslashreplace')!r} header"
+    if b"?" in request.data.path:
+        query_slots = {slot.name for slot in slots if slot.location == "query"}
+        for name, value in request.query.items(multi=True):
+            if _HIDDEN_TOKEN.search(name):
+                return "a query parameter's name"
+            if name not in query_slots and _HIDDEN_TOKEN.search(value):
+                return f"the {name!r} query parameter"
+    return None
+
 
 # A token not in the snapshot triggers one reload (it may be seconds old); a token still unknown
 # after that is not looked for again for this long, so garbage tokens cannot hammer the database.
@@ -154,6 +179,12 @@ class Credentials:
             return refuse(flow, "conflicting_credentials",
                           "the request carries two different credentials; send exactly one")
         slot, credential = found[0]
+        outside = token_outside_slots(flow.request, provider.CREDENTIALS)
+        if outside:
+            return refuse(flow, "invalid_token",
+                          f"a Metrion token in {outside} would go to {provider.NAME} as it is: send it "
+                          f"only where {provider.NAME}'s SDK sends its key, {slot_example(slot)}; "
+                          "nothing was forwarded")
         if credential.startswith(TOKEN_PREFIX):
             token = directory.tokens.get(self._hash(credential))
             if token is None or token.revoked:

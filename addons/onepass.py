@@ -8,9 +8,10 @@ and +80 µs. `make bench-ab` against the chain alone: 102.6% requests per CPU-se
 
 `admit(flow)` takes only a request the chain would forward unchanged but for the key swap and
 the provider's fixed headers: a routed listener, not shutting down, no `x-metrion-*` or
-`content-encoding` header, exactly one credential among the provider's header slots, a known
-unrevoked Metrion token whose hash is cached, the account's decrypted stored key, a body the
-endpoint accepts, the month current and the account under its cap and the token under its rate.
+`content-encoding` header, no `mtr_` outside the credential slots (in the headers or the
+query), exactly one credential among the provider's header slots, a known unrevoked Metrion
+token whose hash is cached, the account's decrypted stored key, a body the endpoint accepts,
+the month current and the account under its cap and the token under its rate.
 It leaves the flow as the chain would (meta, headers, the quota's counts) and returns True.
 Anything else returns False having changed nothing (expired rate-limit stamps aside, which the
 chain drops too), and the chain runs; so does an error raised here (Metrion logs it), before
@@ -26,6 +27,7 @@ from addons.credentials import credential_in
 from metrion_cli.tokens import TOKEN_PREFIX
 
 _METRION_PREFIX = b"x-metrion-"
+_TOKEN_BYTES = TOKEN_PREFIX.encode()
 
 
 class OnePass:
@@ -53,16 +55,20 @@ class OnePass:
         fields = headers.fields
         get, lower = fast_headers._LOWER.get, fast_headers.lower
         at, slot = -1, None
-        for i, (name, _) in enumerate(fields):
+        for i, (name, value) in enumerate(fields):
             low = get(name) or lower(name)
             if low in slots:
                 if at >= 0:
                     return False  # two credentials, or one twice: the chain decides
                 at, slot = i, slots[low]
-            elif low.startswith(_METRION_PREFIX) or low == b"content-encoding":
-                return False
+            elif (low.startswith(_METRION_PREFIX) or low == b"content-encoding" or _TOKEN_BYTES in value
+                  or _TOKEN_BYTES in low):
+                return False  # the chain's: x-metrion-* headers, a compressed body, mtr_ outside the slots
         if slot is None:
             return False
+        path = data.path
+        if b"?" in path and (_TOKEN_BYTES in path or b"%" in path):
+            return False  # a token in the query, maybe percent-encoded: the chain looks
         credential = credential_in(slot, fields[at][1].decode("utf-8", "surrogateescape"))
         if not credential.startswith(TOKEN_PREFIX):
             return False
@@ -76,7 +82,7 @@ class OnePass:
         if stored is None or stored.key is None:
             return False
         if providers.request_problem(provider.REQUIRED_FIELDS, data.method.decode("utf-8", "surrogateescape").upper(),
-                                     data.path.decode("utf-8", "surrogateescape"), data.content or b""):
+                                     path.decode("utf-8", "surrogateescape"), data.content or b""):
             return False
         # The headers as they will go, made before anything changes: a key that cannot be
         # encoded raises here, and the chain then fails closed on it.

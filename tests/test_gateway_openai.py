@@ -205,6 +205,23 @@ def test_a_token_behind_another_scheme_is_refused_never_sent_upstream(gateway, a
     assert row["status"] == 401 and row["forwarded"] == 0 and row["mode"] is None
 
 
+@pytest.mark.parametrize("api_key", ["the token", "a provider key"])
+def test_a_token_in_another_header_is_refused_never_sent_upstream(gateway, acme, fake_openai, secrets_used, api_key):
+    """A client that puts its token in a header of its own as well: only the SDK's key slot is
+    swapped, so that header would carry the token to the provider."""
+    own_key = "sk-client-own-key-e2e-0001"
+    secrets_used.append(own_key)
+    api = client(gateway, acme.token if api_key == "the token" else own_key,
+                 default_headers={"x-team-auth": acme.token})
+    with pytest.raises(openai.AuthenticationError) as refused:
+        api.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert "a Metrion token in the 'x-team-auth' header would go to openai" in str(refused.value)
+    assert acme.token not in refused.value.response.text
+    assert fake_openai.received == []
+    [row] = gateway.wait_rows(1)
+    assert row["status"] == 401 and row["forwarded"] == 0 and "x-team-auth" in row["error"]
+
+
 def test_revoked_token_stops_working_within_a_second(gateway, acme, run_cli, fake_openai):
     api = client(gateway, acme.token)
     api.models.list()

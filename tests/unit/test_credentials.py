@@ -124,3 +124,42 @@ def test_a_provider_key_with_mtr_inside_it_still_passes_through(setup, key):
     assert flow.response is None
     assert flow.request.headers["authorization"] == f"Bearer {key}"
     assert flow.metadata["metrion"]["mode"] == "passthrough"
+
+
+# (what the request carries besides its credential, where the refusal says the token is)
+ELSEWHERE = [
+    ({"x-team-auth": "{token}"}, "/v1/chat/completions", "the 'x-team-auth' header"),
+    ({"X-Trace": "user=alice;{token}"}, "/v1/chat/completions", "the 'X-Trace' header"),
+    ({}, "/v1/chat/completions?state={token}", "the 'state' query parameter"),
+    ({}, "/v1/chat/completions?state=%6D%74%72%5F{rest}", "the 'state' query parameter"),  # percent-encoded
+    ({}, "/v1/chat/completions?{token}=1", "a query parameter's name"),
+]
+
+
+@pytest.mark.parametrize("credential", ["token", "provider key"])
+@pytest.mark.parametrize("extra, path, where", ELSEWHERE)
+def test_a_token_outside_the_credential_slots_is_refused_not_forwarded(setup, credential, extra, path, where):
+    """Only the slots are swapped or checked: a token elsewhere in the request would go to the
+    provider as it is, beside the swapped key or the client's own provider key."""
+    _, _, router, credentials, token = setup
+    fill = {"token": token, "rest": token.removeprefix("mtr_")}
+    sent = {"authorization": f"Bearer {token if credential == 'token' else 'sk-client-own-key-0001'}",
+            **{name: value.format(**fill) for name, value in extra.items()}}
+    flow = run(router, credentials, openai_flow(path=path.format(**fill), headers=sent))
+    assert flow.response.status_code == 401
+    message = json.loads(flow.response.content)["error"]["message"]
+    assert message == (f"Metrion: a Metrion token in {where} would go to openai as it is: send it only where "
+                       "openai's SDK sends its key, as `authorization: Bearer mtr_...`; nothing was forwarded")
+    assert token.removeprefix("mtr_") not in flow.response.text
+    assert flow.request.headers["authorization"] == sent["authorization"]  # no key swapped in
+
+
+@pytest.mark.parametrize("extra, path", [
+    ({"x-request-id": "req-abcmtr_def"}, "/v1/chat/completions"),   # inside a word: not a token
+    ({"x-note": "MTR_upper"}, "/v1/chat/completions?ref=sk-mtr_x"),
+])
+def test_mtr_inside_a_word_elsewhere_is_not_a_token(setup, extra, path):
+    _, _, router, credentials, token = setup
+    flow = run(router, credentials, openai_flow(path=path, headers={"authorization": f"Bearer {token}", **extra}))
+    assert flow.response is None
+    assert flow.request.headers["authorization"] == f"Bearer {KEY}"

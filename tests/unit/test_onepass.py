@@ -127,6 +127,12 @@ CASES = [
     ("revoked token", lambda t: openai_flow(headers=bearer(t["revoked"]), body=CHAT), False),
     ("provider key", lambda t: openai_flow(headers=bearer("sk-test-passthrough-0001"), body=CHAT), False),
     ("token behind another scheme", lambda t: openai_flow(headers=bearer(t["ok"], scheme=b"Token "), body=CHAT), False),
+    ("a token in another header",
+     lambda t: openai_flow(headers=bearer(t["ok"]) + [(b"x-team-auth", t["ok"].encode())], body=CHAT), False),
+    ("a token in the query",
+     lambda t: openai_flow(path=f"/v1/chat/completions?state={t['ok']}", headers=bearer(t["ok"]), body=CHAT), False),
+    ("a percent-encoded token in the query", lambda t: openai_flow(
+        path=f"/v1/chat/completions?state=%6Dtr_{t['ok'][4:]}", headers=bearer(t["ok"]), body=CHAT), False),
     ("missing field", lambda t: openai_flow(headers=bearer(t["ok"]), body=b'{"model":"x"}'), False),
     ("not JSON", lambda t: openai_flow(headers=bearer(t["ok"]), body=b"{nope"), False),
     ("account at its cap", lambda t: openai_flow(headers=bearer(t["capped"]), body=CHAT), False),
