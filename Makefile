@@ -26,7 +26,7 @@ test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
 	$(VENV)/bin/pytest
 
-# Metrion's cost over the bare proxy (bench/README.md); about 9 minutes. wrk is Debian's package.
+# Metrion's cost over the bare proxy (bench/README.md); 6 to 10 minutes. wrk is Debian's package.
 # `make bench BENCH_ARGS=--quick` for a one-minute smoke run.
 bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
