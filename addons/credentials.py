@@ -6,15 +6,15 @@
   401 in the provider's shape, nothing forwarded.
 - A credential with `mtr_` starting a word that is not read as a token (another scheme, a tab
   or a colon after `Bearer`): 401, rather than sending the token to the provider as a key.
-- A token anywhere outside the provider's credential slots (another header, a query
-  parameter): 401 naming where, in either mode; only the slots are swapped, so it would go on.
+- A token left anywhere once the key is in place (another header, the URL path, a query
+  parameter, percent-encoded or not): 401 naming where, in either mode; only the slots are
+  swapped, so it would go to the provider.
 - Anything else is a provider key (pass-through): forwarded untouched and attributed to the
   account of an `x-metrion-token` header, else to the account that registered the key's
   fingerprint, else to the default account.
 - Fails closed: any error here answers 500 rather than forwarding the token.
 """
 
-import re
 import time
 import urllib.parse
 
@@ -24,7 +24,7 @@ from addons import headers as fast_headers
 from addons import providers
 from addons.refuse import fail_closed, refuse
 from addons.store import Store
-from metrion_cli.tokens import TOKEN_PREFIX, hash_token
+from metrion_cli.tokens import TOKEN_IN_TEXT, TOKEN_PREFIX, hash_token
 from metrion_cli.vault import fingerprint
 
 
@@ -58,37 +58,48 @@ def put_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot, key: str
     if slot.location == "header":
         fast_headers.replace(flow.request.headers, slot.header, slot.scheme + key)
     else:
-        # Rewrite only our parameter: the rest of the query string goes on byte for byte.
+        # Rewrite only our parameter (by its decoded name, as it was found): the rest of the
+        # query string goes on byte for byte.
         path, _, query = flow.request.path.partition("?")
-        parts = [p if p.partition("=")[0] != slot.name else f"{slot.name}={urllib.parse.quote(key, safe='')}"
+        parts = [p if _query_name(p) != slot.name else f"{slot.name}={urllib.parse.quote(key, safe='')}"
                  for p in query.split("&")]
         flow.request.path = f"{path}?{'&'.join(parts)}"
 
 
-# `mtr_` starting a word: provider keys are made of letters, digits, `_` and `-`, so inside one
-# (`sk-proj-...mtr_...`) it is part of the key; after anything else it starts a Metrion token.
-_HIDDEN_TOKEN = re.compile(rf"(?<![A-Za-z0-9_-]){re.escape(TOKEN_PREFIX)}")
+def drop_credential(flow: http.HTTPFlow, slot: providers.CredentialSlot) -> None:
+    if slot.location == "header":
+        del flow.request.headers[slot.name]
+    else:
+        path, _, query = flow.request.path.partition("?")
+        parts = [p for p in query.split("&") if _query_name(p) != slot.name]
+        flow.request.path = f"{path}?{'&'.join(parts)}" if parts else path
+
+
+def _query_name(part: str) -> str:
+    return urllib.parse.unquote_plus(part.partition("=")[0])
+
+
 _TOKEN_BYTES = TOKEN_PREFIX.encode()
 
 
-def token_outside_slots(request: http.Request, slots) -> str | None:
-    """Where a Metrion token sits outside the provider's credential slots ("the x-custom
-    header", "the foo query parameter"), or None. Only the slots are swapped or checked: a
-    token anywhere else would go to the provider as it is. Names only, never the value."""
-    slot_headers = {slot.header for slot in slots if slot.location == "header"}
+def token_left_in(request: http.Request) -> str | None:
+    """Where a Metrion token is left in the request as it would go, or None: any header, the URL
+    path, the query (percent-encoded or not). Only the credential slots are swapped, so a token
+    anywhere else would reach the provider. Says where by name (unless the name holds `mtr_`
+    itself), never by value."""
     for name, value in request.data.headers.fields:
-        if _TOKEN_BYTES in name and _HIDDEN_TOKEN.search(name.decode("utf-8", "surrogateescape")):
-            return "a header's name"
-        if _TOKEN_BYTES in value and name.lower() not in slot_headers \
-                and _HIDDEN_TOKEN.search(value.decode("utf-8", "surrogateescape")):
-            return f"the {name.decode('utf-8', 'backslashreplace')!r} header"
-    if b"?" in request.data.path:
-        query_slots = {slot.name for slot in slots if slot.location == "query"}
-        for name, value in request.query.items(multi=True):
-            if _HIDDEN_TOKEN.search(name):
-                return "a query parameter's name"
-            if name not in query_slots and _HIDDEN_TOKEN.search(value):
-                return f"the {name!r} query parameter"
+        if _TOKEN_BYTES in value or _TOKEN_BYTES in name:
+            name_text = name.decode("utf-8", "surrogateescape")
+            if TOKEN_IN_TEXT.search(f"{name_text}:{value.decode('utf-8', 'surrogateescape')}"):
+                return "a header" if TOKEN_PREFIX in name_text else f"the {name_text!r} header"
+    raw = request.data.path
+    if _TOKEN_BYTES in raw or b"%" in raw:
+        target, _, query = raw.decode("utf-8", "surrogateescape").partition("?")
+        if TOKEN_IN_TEXT.search(urllib.parse.unquote(target)):
+            return "the URL path"
+        for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if TOKEN_IN_TEXT.search(f"{name}={value}"):
+                return "a query parameter" if TOKEN_PREFIX in name else f"the {name!r} query parameter"
     return None
 
 
@@ -171,6 +182,16 @@ class Credentials:
         return fp
 
     def _authorise(self, flow: http.HTTPFlow, meta: dict, provider, found) -> None:
+        self._swap_or_pass(flow, meta, provider, found)
+        if flow.response is None:
+            where = token_left_in(flow.request)
+            if where:
+                refuse(flow, "invalid_token",
+                       f"a Metrion token in {where} would go to {provider.NAME} as it is: send it only "
+                       f"where {provider.NAME}'s SDK sends its key, {slot_example(found[0][0])}; "
+                       "nothing was forwarded")
+
+    def _swap_or_pass(self, flow: http.HTTPFlow, meta: dict, provider, found) -> None:
         directory = self.store.directory
         if not found:
             return refuse(flow, "missing_credential",
@@ -179,12 +200,6 @@ class Credentials:
             return refuse(flow, "conflicting_credentials",
                           "the request carries two different credentials; send exactly one")
         slot, credential = found[0]
-        outside = token_outside_slots(flow.request, provider.CREDENTIALS)
-        if outside:
-            return refuse(flow, "invalid_token",
-                          f"a Metrion token in {outside} would go to {provider.NAME} as it is: send it "
-                          f"only where {provider.NAME}'s SDK sends its key, {slot_example(slot)}; "
-                          "nothing was forwarded")
         if credential.startswith(TOKEN_PREFIX):
             token = directory.tokens.get(self._hash(credential))
             if token is None or token.revoked:
@@ -202,13 +217,13 @@ class Credentials:
             if stored.key is None:
                 return refuse(flow, "internal", f"the stored {provider.NAME} key could not be "
                               "decrypted; the operator's log says why")
-            # The same token in another header (or twice in one) goes: only the key is sent.
+            # The same token in another slot (or twice in one) goes: only the key is sent.
             if len(found) > 1:
-                for name in {other.name for other, _ in found[1:] if other != slot and other.location == "header"}:
-                    del flow.request.headers[name]
+                for other in {other for other, _ in found[1:] if other != slot}:
+                    drop_credential(flow, other)
             put_credential(flow, slot, stored.key)
             return
-        if _HIDDEN_TOKEN.search(credential):
+        if TOKEN_IN_TEXT.search(credential):
             # A token behind a scheme or separator the slot does not use ("Token mtr_...",
             # "Bearer<TAB>mtr_...", "Bearer:mtr_..."): taken for a provider key, it would go to
             # the provider.

@@ -8,7 +8,7 @@ and +80 µs. `make bench-ab` against the chain alone: 102.6% requests per CPU-se
 
 `admit(flow)` takes only a request the chain would forward unchanged but for the key swap and
 the provider's fixed headers: a routed listener, not shutting down, no `x-metrion-*` or
-`content-encoding` header, no `mtr_` outside the credential slots (in the headers or the
+`content-encoding` header, no `mtr_` outside the credential slots (in the headers, path or
 query), exactly one credential among the provider's header slots, a known unrevoked Metrion
 token whose hash is cached, the account's decrypted stored key, a body the endpoint accepts,
 the month current and the account under its cap and the token under its rate.
@@ -67,8 +67,8 @@ class OnePass:
         if slot is None:
             return False
         path = data.path
-        if b"?" in path and (_TOKEN_BYTES in path or b"%" in path):
-            return False  # a token in the query, maybe percent-encoded: the chain looks
+        if _TOKEN_BYTES in path or b"%" in path:
+            return False  # a token in the path or query, maybe percent-encoded: the chain looks
         credential = credential_in(slot, fields[at][1].decode("utf-8", "surrogateescape"))
         if not credential.startswith(TOKEN_PREFIX):
             return False

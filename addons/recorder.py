@@ -30,6 +30,7 @@ from addons.providers import Usage, json_object
 from addons.sse import SSEParser
 from addons.store import Store
 from metrion_cli.db import iso_from_epoch
+from metrion_cli.tokens import hide_tokens
 
 logger = logging.getLogger("metrion")
 
@@ -441,7 +442,7 @@ def safe_row_source(flow: http.HTTPFlow, meta: dict) -> tuple:
     try:
         return row_source(flow, meta)
     except Exception as e:  # never lose the row: keep what is certain
-        logger.error("metrion: could not record %s: %r", flow.request.path.split("?")[0], e)
+        logger.error("metrion: could not record %s: %r", hide_tokens(flow.request.path.split("?")[0]), e)
         meta.setdefault("error", f"metrion could not read the response: {e!r}"[:300])
         return row_source(flow, meta, read=False)
 
@@ -469,7 +470,7 @@ def finish_row(source: tuple) -> tuple:
     try:
         return build_row(source)
     except Exception as e:  # never lose the row to a parsing bug
-        path = source[3].decode("utf-8", "surrogateescape").split("?")[0]
+        path = hide_tokens(source[3].decode("utf-8", "surrogateescape").split("?")[0])
         logger.error("metrion: could not read the response of %s: %r", path, e)
         return build_row(source[:-2] + (False, 0), error=f"metrion could not read the response: {e!r}"[:300])
 
@@ -534,7 +535,7 @@ def build_row(source: tuple, error: str | None = None) -> tuple:
         meta.get("token_id"),
         provider_name,
         method.decode("utf-8", "surrogateescape").upper(),
-        path.split("?", 1)[0][:500],                      # endpoint
+        hide_tokens(path.split("?", 1)[0])[:500],         # endpoint (a token in it refused, not kept)
         model,
         status,
         streamed,

@@ -6,6 +6,7 @@ import traceback
 from mitmproxy import http
 
 from addons import providers
+from metrion_cli.tokens import hide_tokens
 
 logger = logging.getLogger("metrion")
 
@@ -36,5 +37,6 @@ def log_error(flow: http.HTTPFlow, addon: str, exc: BaseException) -> None:
     """Logs the exception's type and where it was raised, never its message: a message may
     quote the credential being handled (a UnicodeEncodeError quotes the whole string)."""
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    logger.error("metrion: %s failed on %s %s: %s%s", addon, flow.request.method, flow.request.path.split("?")[0],
-                 type(exc).__name__, f" at {where.filename}:{where.lineno}" if where else "")
+    logger.error("metrion: %s failed on %s %s: %s%s", addon, flow.request.method,
+                 hide_tokens(flow.request.path.split("?")[0]), type(exc).__name__,
+                 f" at {where.filename}:{where.lineno}" if where else "")

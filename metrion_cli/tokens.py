@@ -1,7 +1,9 @@
 """Metrion tokens (`mtr_...`): shown once, stored only as SHA-256 plus a display prefix."""
 
 import hashlib
+import re
 import secrets
+import urllib.parse
 
 from sqlite_utils import Database
 
@@ -9,6 +11,19 @@ from .db import now_iso
 
 TOKEN_PREFIX = "mtr_"
 DISPLAY_CHARS = 12  # "mtr_" + 8 characters: enough to tell tokens apart, useless to an attacker
+# A token in a longer text: `mtr_` starting a word. Provider keys are made of letters, digits,
+# `_` and `-`, so inside one (`sk-proj-...mtr_...`) it is part of the key; after anything else
+# it starts a Metrion token.
+TOKEN_IN_TEXT = re.compile(r"(?<![A-Za-z0-9_-])mtr_[A-Za-z0-9_-]*")
+
+
+def hide_tokens(text: str) -> str:
+    """`text` (a URL path, for a row or a log line) with each Metrion token in it, percent-encoded
+    or not, cut to `mtr_(hidden)`; unchanged when it holds none."""
+    if TOKEN_PREFIX not in text and "%" not in text:
+        return text
+    decoded = urllib.parse.unquote(text)
+    return TOKEN_IN_TEXT.sub("mtr_(hidden)", decoded) if TOKEN_IN_TEXT.search(decoded) else text
 
 
 def hash_token(token: str) -> str:

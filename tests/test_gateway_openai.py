@@ -222,6 +222,21 @@ def test_a_token_in_another_header_is_refused_never_sent_upstream(gateway, acme,
     assert row["status"] == 401 and row["forwarded"] == 0 and "x-team-auth" in row["error"]
 
 
+def test_a_token_in_the_url_path_is_refused_and_its_row_hides_it(gateway, acme, fake_openai):
+    """A base URL with the token in it: the provider would see it in the path. The row keeps the
+    endpoint with the token cut out (the data directory is searched for it when the gateway
+    stops)."""
+    api = openai.OpenAI(api_key=acme.token, base_url=f"{gateway.url()}/{acme.token}/v1", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        api.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert "a Metrion token in the URL path would go to openai" in str(refused.value)
+    assert acme.token not in refused.value.response.text
+    assert fake_openai.received == []
+    [row] = gateway.wait_rows(1)
+    assert row["status"] == 401 and row["forwarded"] == 0
+    assert row["endpoint"] == "/mtr_(hidden)/v1/chat/completions"
+
+
 def test_revoked_token_stops_working_within_a_second(gateway, acme, run_cli, fake_openai):
     api = client(gateway, acme.token)
     api.models.list()

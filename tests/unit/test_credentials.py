@@ -126,32 +126,82 @@ def test_a_provider_key_with_mtr_inside_it_still_passes_through(setup, key):
     assert flow.metadata["metrion"]["mode"] == "passthrough"
 
 
-# (what the request carries besides its credential, where the refusal says the token is)
+KEYS = {"openai": KEY, "gemini": "AIza-test-unit-gemini-0001", "anthropic": "sk-ant-test-unit-0001"}
+
+
+@pytest.fixture
+def keyed(data_dir):
+    """As `setup`, with acme's key stored for OpenAI, Gemini and Anthropic."""
+    db, token = data_dir_with_acme(data_dir, KEY)
+    vault = Vault.open(resolve(data_dir))
+    [acme] = db.query("SELECT id FROM accounts WHERE name = 'acme'")
+    for provider in ("gemini", "anthropic"):
+        vault.put(acme["id"], provider, KEYS[provider])
+    store, router = Store(), Router()
+    credentials = Credentials(store)
+    with taddons.context(store, router, credentials) as tctx:
+        tctx.configure(store, metrion_data_dir=str(data_dir))
+        yield router, credentials, token
+        store.done()
+
+
+def provider_flow(provider, path, headers):
+    body = b'{"contents":[]}' if provider == "gemini" else b'{"model":"m","messages":[]}'
+    return openai_flow(path=path, headers=headers, body=body, upstream=providers.get(provider).DEFAULT_UPSTREAM)
+
+
+GEMINI_PATH = "/v1beta/models/gemini-2.0-flash:generateContent"
+SLOT_OF = {"openai": "`authorization: Bearer mtr_...`", "anthropic": "`x-api-key: mtr_...`",
+           "gemini": "`x-goog-api-key: mtr_...`"}
+
+# (provider, the key's place, the request's path and other headers, where the refusal says the
+# token is); {token} is the token, {rest} what follows its prefix, {cred} the credential
 ELSEWHERE = [
-    ({"x-team-auth": "{token}"}, "/v1/chat/completions", "the 'x-team-auth' header"),
-    ({"X-Trace": "user=alice;{token}"}, "/v1/chat/completions", "the 'X-Trace' header"),
-    ({}, "/v1/chat/completions?state={token}", "the 'state' query parameter"),
-    ({}, "/v1/chat/completions?state=%6D%74%72%5F{rest}", "the 'state' query parameter"),  # percent-encoded
-    ({}, "/v1/chat/completions?{token}=1", "a query parameter's name"),
+    ("openai", "authorization", "/v1/chat/completions", {"x-team-auth": "{token}"}, "the 'x-team-auth' header"),
+    ("openai", "authorization", "/v1/chat/completions", {"X-Trace": "user=alice;{token}"}, "the 'X-Trace' header"),
+    ("openai", "authorization", "/v1/chat/completions", {"x-auth-{token}": "{token}"}, "a header"),
+    ("openai", "authorization", "/v1/chat/completions?state={token}", {}, "the 'state' query parameter"),
+    ("openai", "authorization", "/v1/chat/completions?state=%6D%74%72%5F{rest}", {}, "the 'state' query parameter"),
+    ("openai", "authorization", "/v1/chat/completions?{token}=1", {}, "a query parameter"),
+    ("openai", "authorization", "/{token}/v1/chat/completions", {}, "the URL path"),
+    ("openai", "authorization", "/v1/files/%6Dtr_{rest}", {}, "the URL path"),
+    ("anthropic", "x-api-key", "/v1/messages", {"x-team-auth": "Bearer {token}"}, "the 'x-team-auth' header"),
+    ("gemini", "x-goog-api-key", GEMINI_PATH + "?alt=sse&state={token}", {}, "the 'state' query parameter"),
 ]
 
 
 @pytest.mark.parametrize("credential", ["token", "provider key"])
-@pytest.mark.parametrize("extra, path, where", ELSEWHERE)
-def test_a_token_outside_the_credential_slots_is_refused_not_forwarded(setup, credential, extra, path, where):
+@pytest.mark.parametrize("provider, slot, path, extra, where", ELSEWHERE)
+def test_a_token_left_outside_the_credential_slots_is_refused_not_forwarded(keyed, credential, provider, slot,
+                                                                             path, extra, where):
     """Only the slots are swapped or checked: a token elsewhere in the request would go to the
     provider as it is, beside the swapped key or the client's own provider key."""
-    _, _, router, credentials, token = setup
+    router, credentials, token = keyed
     fill = {"token": token, "rest": token.removeprefix("mtr_")}
-    sent = {"authorization": f"Bearer {token if credential == 'token' else 'sk-client-own-key-0001'}",
-            **{name: value.format(**fill) for name, value in extra.items()}}
-    flow = run(router, credentials, openai_flow(path=path.format(**fill), headers=sent))
-    assert flow.response.status_code == 401
+    own_key = "sk-client-own-key-0001"
+    sent = {slot: ("Bearer " if slot == "authorization" else "") + (token if credential == "token" else own_key),
+            **{name.format(**fill): value.format(**fill) for name, value in extra.items()}}
+    flow = run(router, credentials, provider_flow(provider, path.format(**fill), sent))
+    assert flow.response is not None and flow.response.status_code == 401  # answered here: not forwarded
     message = json.loads(flow.response.content)["error"]["message"]
-    assert message == (f"Metrion: a Metrion token in {where} would go to openai as it is: send it only where "
-                       "openai's SDK sends its key, as `authorization: Bearer mtr_...`; nothing was forwarded")
-    assert token.removeprefix("mtr_") not in flow.response.text
-    assert flow.request.headers["authorization"] == sent["authorization"]  # no key swapped in
+    assert message == (f"Metrion: a Metrion token in {where} would go to {provider} as it is: send it only where "
+                       f"{provider}'s SDK sends its key, as {SLOT_OF[provider]}; nothing was forwarded")
+    assert fill["rest"] not in flow.response.text and KEYS[provider] not in flow.response.text
+
+
+@pytest.mark.parametrize("path, headers", [
+    (GEMINI_PATH + "?key={token}", {"x-goog-api-key": "{token}"}),   # the token in two slots
+    (GEMINI_PATH + "?%6Bey={token}", {}),                             # the key parameter's name encoded
+    (GEMINI_PATH + "?alt=sse&k%65y={token}&x=1", {}),
+])
+def test_a_token_in_a_gemini_slot_is_swapped_wherever_and_however_it_is_written(keyed, path, headers):
+    router, credentials, token = keyed
+    flow = run(router, credentials, provider_flow("gemini", path.format(token=token),
+                                                  {k: v.format(token=token) for k, v in headers.items()}))
+    assert flow.response is None
+    sent = flow.request.path + "".join(f"{k}:{v}" for k, v in flow.request.headers.items(multi=True))
+    assert token.removeprefix("mtr_") not in sent
+    assert KEYS["gemini"] in sent and flow.metadata["metrion"]["mode"] == "stored"
 
 
 @pytest.mark.parametrize("extra, path", [

@@ -133,6 +133,8 @@ CASES = [
      lambda t: openai_flow(path=f"/v1/chat/completions?state={t['ok']}", headers=bearer(t["ok"]), body=CHAT), False),
     ("a percent-encoded token in the query", lambda t: openai_flow(
         path=f"/v1/chat/completions?state=%6Dtr_{t['ok'][4:]}", headers=bearer(t["ok"]), body=CHAT), False),
+    ("a token in the path", lambda t: openai_flow(path=f"/{t['ok']}/v1/chat/completions", headers=bearer(t["ok"]),
+                                                  body=CHAT), False),
     ("missing field", lambda t: openai_flow(headers=bearer(t["ok"]), body=b'{"model":"x"}'), False),
     ("not JSON", lambda t: openai_flow(headers=bearer(t["ok"]), body=b"{nope"), False),
     ("account at its cap", lambda t: openai_flow(headers=bearer(t["capped"]), body=CHAT), False),
