@@ -205,36 +205,29 @@ def test_a_token_behind_another_scheme_is_refused_never_sent_upstream(gateway, a
     assert row["status"] == 401 and row["forwarded"] == 0 and row["mode"] is None
 
 
-@pytest.mark.parametrize("api_key", ["the token", "a provider key"])
-def test_a_token_in_another_header_is_refused_never_sent_upstream(gateway, acme, fake_openai, secrets_used, api_key):
-    """A client that puts its token in a header of its own as well: only the SDK's key slot is
-    swapped, so that header would carry the token to the provider."""
+@pytest.mark.parametrize("api_key, in_path, where", [
+    ("the token", False, "the 'x-team-auth' header"),
+    ("a provider key", False, "the 'x-team-auth' header"),
+    ("the token", True, "the URL path"),
+])
+def test_a_token_outside_the_key_slot_is_refused_never_sent_upstream(gateway, acme, fake_openai, secrets_used,
+                                                                      api_key, in_path, where):
+    """Only the SDK's key slot is swapped: a token also in a header of the client's own, or in its
+    base URL, would reach the provider. The row says where and keeps no token (the data
+    directory is searched for it when the gateway stops)."""
     own_key = "sk-client-own-key-e2e-0001"
     secrets_used.append(own_key)
-    api = client(gateway, acme.token if api_key == "the token" else own_key,
-                 default_headers={"x-team-auth": acme.token})
+    api = openai.OpenAI(api_key=acme.token if api_key == "the token" else own_key, max_retries=0,
+                        base_url=f"{gateway.url()}/{acme.token}/v1" if in_path else f"{gateway.url()}/v1",
+                        default_headers={} if in_path else {"x-team-auth": acme.token})
     with pytest.raises(openai.AuthenticationError) as refused:
         api.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    assert "a Metrion token in the 'x-team-auth' header would go to openai" in str(refused.value)
+    assert f"a Metrion token in {where} would go to openai" in str(refused.value)
     assert acme.token not in refused.value.response.text
     assert fake_openai.received == []
     [row] = gateway.wait_rows(1)
-    assert row["status"] == 401 and row["forwarded"] == 0 and "x-team-auth" in row["error"]
-
-
-def test_a_token_in_the_url_path_is_refused_and_its_row_hides_it(gateway, acme, fake_openai):
-    """A base URL with the token in it: the provider would see it in the path. The row keeps the
-    endpoint with the token cut out (the data directory is searched for it when the gateway
-    stops)."""
-    api = openai.OpenAI(api_key=acme.token, base_url=f"{gateway.url()}/{acme.token}/v1", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as refused:
-        api.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-    assert "a Metrion token in the URL path would go to openai" in str(refused.value)
-    assert acme.token not in refused.value.response.text
-    assert fake_openai.received == []
-    [row] = gateway.wait_rows(1)
-    assert row["status"] == 401 and row["forwarded"] == 0
-    assert row["endpoint"] == "/mtr_(hidden)/v1/chat/completions"
+    assert row["status"] == 401 and row["forwarded"] == 0 and where in row["error"]
+    assert row["endpoint"] == ("/mtr_(hidden)" if in_path else "") + "/v1/chat/completions"
 
 
 def test_revoked_token_stops_working_within_a_second(gateway, acme, run_cli, fake_openai):
