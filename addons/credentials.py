@@ -83,15 +83,16 @@ _TOKEN_BYTES = TOKEN_PREFIX.encode()
 
 
 def token_left_in(request: http.Request) -> str | None:
-    """Where a Metrion token is left in the request as it would go, or None: any header, the URL
-    path, the query (percent-encoded or not). Only the credential slots are swapped, so a token
+    """Where a Metrion token is left in the request as it would go, or None: any header or
+    trailer, the URL path, the query (percent-encoded or not). Only the credential slots are swapped, so a token
     anywhere else would reach the provider. Says where by name (unless the name holds `mtr_`
     itself), never by value."""
-    for name, value in request.data.headers.fields:
+    trailers = request.data.trailers
+    for name, value in (*request.data.headers.fields, *(trailers.fields if trailers else ())):
         if _TOKEN_BYTES in value or _TOKEN_BYTES in name:
             name_text = name.decode("utf-8", "surrogateescape")
             if TOKEN_IN_TEXT.search(f"{name_text}:{value.decode('utf-8', 'surrogateescape')}"):
-                return "a header" if TOKEN_PREFIX in name_text else f"the {name_text!r} header"
+                return "a header" if TOKEN_PREFIX in name_text else f"the {_shown(name_text)} header"
     raw = request.data.path
     if _TOKEN_BYTES in raw or b"%" in raw:
         target, _, query = raw.decode("utf-8", "surrogateescape").partition("?")
@@ -99,8 +100,13 @@ def token_left_in(request: http.Request) -> str | None:
             return "the URL path"
         for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
             if TOKEN_IN_TEXT.search(f"{name}={value}"):
-                return "a query parameter" if TOKEN_PREFIX in name else f"the {name!r} query parameter"
+                return "a query parameter" if TOKEN_PREFIX in name else f"the {_shown(name)} query parameter"
     return None
+
+
+def _shown(name: str) -> str:
+    """A client's header or parameter name, quoted for a message: escaped, at most 60 characters."""
+    return repr(name if len(name) <= 60 else name[:57] + "...")
 
 
 # A token not in the snapshot triggers one reload (it may be seconds old); a token still unknown

@@ -79,8 +79,8 @@ class OnePass:
             return False
         provider = providers.get(provider_name)
         stored = directory.keys.get((token.account_id, provider.NAME))
-        if stored is None or stored.key is None:
-            return False
+        if stored is None or stored.key is None or TOKEN_PREFIX in stored.key or data.trailers is not None:
+            return False  # none, or one the chain would look at after the swap; trailers likewise
         if providers.request_problem(provider.REQUIRED_FIELDS, data.method.decode("utf-8", "surrogateescape").upper(),
                                      path.decode("utf-8", "surrogateescape"), data.content or b""):
             return False

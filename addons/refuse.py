@@ -29,8 +29,8 @@ def refuse(flow: http.HTTPFlow, kind: str, message: str, headers: dict[str, str]
 
 def fail_closed(flow: http.HTTPFlow, addon: str, exc: BaseException) -> None:
     """An addon's own bug must never let a request through: answer 500 instead."""
-    log_error(flow, addon, exc)
     refuse(flow, "internal", f"internal error in {addon}; the request was not forwarded")
+    log_error(flow, addon, exc)
 
 
 def log_error(flow: http.HTTPFlow, addon: str, exc: BaseException) -> None:

@@ -20,6 +20,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from addons import headers as fast_headers
 from addons import providers
 from addons.refuse import refuse
+from metrion_cli.tokens import hide_tokens
 
 logger = logging.getLogger("metrion")
 
@@ -54,9 +55,9 @@ def _escape(c: str) -> str:
 
 
 def clean_requester(value: str) -> str:
-    """Control characters and bytes that are not UTF-8 escaped, length bounded: the header is
-    the client's, the row is ours."""
-    return "".join(map(_escape, value[:MAX_REQUESTER_CHARS]))
+    """Control characters and bytes that are not UTF-8 escaped, length bounded, a Metrion token
+    (sent here by mistake) cut out: the header is the client's, the row is ours."""
+    return hide_tokens("".join(map(_escape, value[:MAX_REQUESTER_CHARS])))
 
 
 def index_upstreams(specs: Sequence[str]) -> dict[str, str]:

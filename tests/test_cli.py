@@ -64,6 +64,19 @@ def test_keys_are_read_from_stdin_and_shown_by_last4_only(run_cli, data_dir):
     assert result.exit_code == 1 and "has no stored openai key" in result.output
 
 
+@pytest.mark.parametrize("command", [("keys", "add"), ("keys", "register")])
+def test_a_metrion_token_is_refused_as_a_provider_key(run_cli, data_dir, command):
+    """Stored, it would be sent upstream as the key: a token pasted by mistake."""
+    run_cli("init")
+    run_cli("accounts", "add", "acme")
+    token = run_cli("tokens", "create", "acme", "--quiet").output.strip()
+    result = run_cli(*command, "acme", "openai", input=token + "\n", ok=False)
+    assert result.exit_code == 1
+    assert "that is a Metrion token (mtr_...), not a provider key" in result.output
+    assert token not in result.output
+    assert run_cli("keys", "list", "--count").output.strip() == "0"
+
+
 def test_key_is_never_taken_from_argv():
     command = cli.commands["keys"].commands["add"]
     assert [p.name for p in command.params] == ["account", "provider"]

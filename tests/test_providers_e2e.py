@@ -170,3 +170,22 @@ def test_the_cap_holds_across_providers_and_modes(gateway, fakes, token, run_cli
         statuses = list(pool.map(send, jobs))
     assert statuses.count(200) == cap and statuses.count(429) == len(jobs) - cap
     assert sum(len(f.received) for f in fakes.values()) == cap
+
+
+def test_a_token_sent_by_mistake_as_model_or_requester_is_not_kept(gateway, fakes, token):
+    """A Gemini model name in the path that is a token (refused: it would go upstream), and a
+    token as `x-metrion-user` (served: that header is Metrion's). Neither row keeps the token;
+    the data directory is searched for it when the gateway stops."""
+    gemini = httpx.post(f"{gateway.url('gemini')}/v1beta/models/{token}:generateContent",
+                        headers={"x-goog-api-key": token}, json={"contents": [{"parts": [{"text": "hi"}]}]})
+    assert gemini.status_code == 401 and "the URL path" in gemini.json()["error"]["message"]
+    assert fakes["gemini"].received == []
+    openai = httpx.post(f"{gateway.url('openai')}/v1/chat/completions",
+                        headers={"authorization": f"Bearer {token}", "x-metrion-user": token},
+                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert openai.status_code == 200
+    assert fakes["openai"].received[-1].header("x-metrion-user") is None
+    rows = {row["provider"]: row for row in gateway.wait_rows(2)}
+    assert rows["gemini"]["model"] == "mtr_(hidden)"
+    assert rows["gemini"]["endpoint"] == "/v1beta/models/mtr_(hidden):generateContent"
+    assert rows["openai"]["requester"] == "mtr_(hidden)"

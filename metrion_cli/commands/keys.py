@@ -3,6 +3,7 @@ import sys
 import click
 
 from .. import PROVIDER_NAMES, accounts
+from ..tokens import TOKEN_PREFIX
 from . import open_db, open_vault, pass_paths, table
 
 provider_choice = click.Choice(PROVIDER_NAMES)
@@ -14,6 +15,8 @@ def read_secret(prompt: str) -> str:
     value = value.strip()
     if not value:
         raise click.ClickException("no key given on stdin")
+    if value.startswith(TOKEN_PREFIX):
+        raise click.ClickException(f"that is a Metrion token ({TOKEN_PREFIX}...), not a provider key")
     return value
 
 

@@ -4,6 +4,7 @@ import asyncio
 import json
 
 import pytest
+from mitmproxy import http
 from mitmproxy.test import taddons
 
 from addons import providers
@@ -187,6 +188,15 @@ def test_a_token_left_outside_the_credential_slots_is_refused_not_forwarded(keye
     assert message == (f"Metrion: a Metrion token in {where} would go to {provider} as it is: send it only where "
                        f"{provider}'s SDK sends its key, as {SLOT_OF[provider]}; nothing was forwarded")
     assert fill["rest"] not in flow.response.text and KEYS[provider] not in flow.response.text
+
+
+def test_a_token_in_a_request_trailer_is_refused(keyed):
+    router, credentials, token = keyed
+    flow = openai_flow(headers={"authorization": f"Bearer {token}"})
+    flow.request.trailers = http.Headers(x_team_auth=token)
+    flow = run(router, credentials, flow)
+    assert flow.response.status_code == 401
+    assert "a Metrion token in the 'x-team-auth' header would go to openai" in flow.response.text
 
 
 @pytest.mark.parametrize("path, headers", [

@@ -12,6 +12,7 @@ import collections
 import time
 
 import pytest
+from mitmproxy import http
 from mitmproxy.test import taddons
 
 from addons import providers
@@ -44,13 +45,17 @@ def world(data_dir):
     capped_token, _ = tokens.create(db, capped["id"])
     keyless = accounts.add(db, "keyless")
     keyless_token, _ = tokens.create(db, keyless["id"])
+    # A Metrion token stored as the provider key (`keys add` refuses it; a vault written before)
+    mistaken = accounts.add(db, "mistaken")
+    vault.put(mistaken["id"], "openai", "mtr_" + "k" * 43)
+    mistaken_token, _ = tokens.create(db, mistaken["id"])
     metrion = Metrion(data_dir=str(data_dir))
     with taddons.context(metrion) as tctx:
         tctx.configure(metrion, metrion_data_dir=str(data_dir))
         # Every token known to the snapshot, as once the proxy has run a while.
         asyncio.run(metrion.store.refresh())
         yield metrion, tctx, {"ok": token, "revoked": revoked, "limited": limited, "capped": capped_token,
-                              "keyless": keyless_token}
+                              "keyless": keyless_token, "mistaken": mistaken_token}
         metrion.store.done()
 
 
@@ -61,6 +66,11 @@ def anthropic_flow(headers, body=MESSAGES, path="/v1/messages"):
 def gemini_flow(headers):
     return openai_flow(path="/v1beta/models/gemini-2.0-flash:generateContent", headers=headers,
                        body=b'{"contents":[]}', upstream=providers.get("gemini").DEFAULT_UPSTREAM)
+
+
+def with_trailers(flow, trailers=((b"x-checksum", b"abc"),)):
+    flow.request.trailers = http.Headers(list(trailers))
+    return flow
 
 
 def outcome(metrion: Metrion, flow, use_one_pass: bool):
@@ -133,6 +143,8 @@ CASES = [
      lambda t: openai_flow(path=f"/v1/chat/completions?state={t['ok']}", headers=bearer(t["ok"]), body=CHAT), False),
     ("a percent-encoded token in the query", lambda t: openai_flow(
         path=f"/v1/chat/completions?state=%6Dtr_{t['ok'][4:]}", headers=bearer(t["ok"]), body=CHAT), False),
+    ("a token stored as the key", lambda t: openai_flow(headers=bearer(t["mistaken"]), body=CHAT), False),
+    ("request trailers", lambda t: with_trailers(openai_flow(headers=bearer(t["ok"]), body=CHAT)), False),
     ("a token in the path", lambda t: openai_flow(path=f"/{t['ok']}/v1/chat/completions", headers=bearer(t["ok"]),
                                                   body=CHAT), False),
     ("missing field", lambda t: openai_flow(headers=bearer(t["ok"]), body=b'{"model":"x"}'), False),
