@@ -6,8 +6,8 @@
   401 in the provider's shape, nothing forwarded.
 - A credential with `mtr_` starting a word that is not read as a token (another scheme, a tab
   or a colon after `Bearer`): 401, rather than sending the token to the provider as a key.
-- A token left anywhere once the key is in place (another header, the URL path, a query
-  parameter, percent-encoded or not): 401 naming where, in either mode; only the slots are
+- A token left anywhere once the key is in place (another header, a trailer, the URL path, a
+  query parameter, percent-encoded or not): 401 naming where, in either mode; only the slots are
   swapped, so it would go to the provider.
 - Anything else is a provider key (pass-through): forwarded untouched and attributed to the
   account of an `x-metrion-token` header, else to the account that registered the key's
@@ -84,9 +84,9 @@ _TOKEN_BYTES = TOKEN_PREFIX.encode()
 
 def token_left_in(request: http.Request) -> str | None:
     """Where a Metrion token is left in the request as it would go, or None: any header or
-    trailer, the URL path, the query (percent-encoded or not). Only the credential slots are swapped, so a token
-    anywhere else would reach the provider. Says where by name (unless the name holds `mtr_`
-    itself), never by value."""
+    trailer, the URL path, the query (percent-encoded or not). Only the credential slots are
+    swapped, so a token anywhere else would reach the provider. Says where by name (unless the
+    name holds `mtr_` itself), never by value."""
     trailers = request.data.trailers
     for name, value in (*request.data.headers.fields, *(trailers.fields if trailers else ())):
         if _TOKEN_BYTES in value or _TOKEN_BYTES in name:

@@ -536,7 +536,7 @@ def build_row(source: tuple, error: str | None = None) -> tuple:
         provider_name,
         method.decode("utf-8", "surrogateescape").upper(),
         hide_tokens(path.split("?", 1)[0])[:500],         # endpoint (a token in it refused, not kept)
-        hide_tokens(model) if model else model,           # a token for a model name: refused, not kept
+        hide_tokens(model) if isinstance(model, str) else model,  # a token as a model name: not kept
         status,
         streamed,
         0 if meta.get("refused") or not provider_name else 1,  # forwarded
