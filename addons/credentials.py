@@ -24,7 +24,7 @@ from addons import headers as fast_headers
 from addons import providers
 from addons.refuse import fail_closed, refuse
 from addons.store import Store
-from metrion_cli.tokens import TOKEN_IN_TEXT, TOKEN_PREFIX, hash_token
+from metrion_cli.tokens import TOKEN_IN_TEXT, TOKEN_PREFIX, TOKEN_PREFIX_BYTES, hash_token
 from metrion_cli.vault import fingerprint
 
 
@@ -79,9 +79,6 @@ def _query_name(part: str) -> str:
     return urllib.parse.unquote_plus(part.partition("=")[0])
 
 
-_TOKEN_BYTES = TOKEN_PREFIX.encode()
-
-
 def token_left_in(request: http.Request) -> str | None:
     """Where a Metrion token is left in the request as it would go, or None: any header or
     trailer, the URL path, the query (percent-encoded or not). Only the credential slots are
@@ -89,12 +86,12 @@ def token_left_in(request: http.Request) -> str | None:
     name holds `mtr_` itself), never by value."""
     trailers = request.data.trailers
     for name, value in (*request.data.headers.fields, *(trailers.fields if trailers else ())):
-        if _TOKEN_BYTES in value or _TOKEN_BYTES in name:
+        if TOKEN_PREFIX_BYTES in value or TOKEN_PREFIX_BYTES in name:
             name_text = name.decode("utf-8", "surrogateescape")
             if TOKEN_IN_TEXT.search(f"{name_text}:{value.decode('utf-8', 'surrogateescape')}"):
                 return "a header" if TOKEN_PREFIX in name_text else f"the {_shown(name_text)} header"
     raw = request.data.path
-    if _TOKEN_BYTES in raw or b"%" in raw:
+    if TOKEN_PREFIX_BYTES in raw or b"%" in raw:
         target, _, query = raw.decode("utf-8", "surrogateescape").partition("?")
         if TOKEN_IN_TEXT.search(urllib.parse.unquote(target)):
             return "the URL path"

@@ -24,10 +24,9 @@ from mitmproxy import http
 from addons import headers as fast_headers
 from addons import providers
 from addons.credentials import credential_in
-from metrion_cli.tokens import TOKEN_PREFIX
+from metrion_cli.tokens import TOKEN_PREFIX, TOKEN_PREFIX_BYTES
 
 _METRION_PREFIX = b"x-metrion-"
-_TOKEN_BYTES = TOKEN_PREFIX.encode()
 
 
 class OnePass:
@@ -61,13 +60,13 @@ class OnePass:
                 if at >= 0:
                     return False  # two credentials, or one twice: the chain decides
                 at, slot = i, slots[low]
-            elif (low.startswith(_METRION_PREFIX) or low == b"content-encoding" or _TOKEN_BYTES in value
-                  or _TOKEN_BYTES in low):
+            elif (low.startswith(_METRION_PREFIX) or low == b"content-encoding"
+                  or TOKEN_PREFIX_BYTES in value or TOKEN_PREFIX_BYTES in low):
                 return False  # the chain's: x-metrion-* headers, a compressed body, mtr_ outside the slots
         if slot is None:
             return False
         path = data.path
-        if _TOKEN_BYTES in path or b"%" in path:
+        if TOKEN_PREFIX_BYTES in path or b"%" in path:
             return False  # a token in the path or query, maybe percent-encoded: the chain looks
         credential = credential_in(slot, fields[at][1].decode("utf-8", "surrogateescape"))
         if not credential.startswith(TOKEN_PREFIX):

@@ -10,6 +10,7 @@ from sqlite_utils import Database
 from .db import now_iso
 
 TOKEN_PREFIX = "mtr_"
+TOKEN_PREFIX_BYTES = TOKEN_PREFIX.encode()  # as it appears in raw header fields and paths
 DISPLAY_CHARS = 12  # "mtr_" + 8 characters: enough to tell tokens apart, useless to an attacker
 # A token in a longer text: `mtr_` starting a word. Provider keys are made of letters, digits,
 # `_` and `-`, so inside one (`sk-proj-...mtr_...`) it is part of the key; after anything else

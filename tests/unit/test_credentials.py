@@ -17,11 +17,18 @@ from metrion_cli.vault import Vault
 from .helpers import data_dir_with_acme, openai_flow
 
 KEY = "sk-test-unit-0000000000001234"
+KEYS = {"openai": KEY, "gemini": "AIza-test-unit-gemini-0001", "anthropic": "sk-ant-test-unit-0001"}
 
 
 @pytest.fixture
 def setup(data_dir):
-    _, token = data_dir_with_acme(data_dir, KEY)
+    """Credentials over a data directory with account acme (a token; its key stored for OpenAI,
+    Gemini and Anthropic)."""
+    db, token = data_dir_with_acme(data_dir, KEY)
+    vault = Vault.open(resolve(data_dir))
+    [acme] = db.query("SELECT id FROM accounts WHERE name = 'acme'")
+    for provider in ("gemini", "anthropic"):
+        vault.put(acme["id"], provider, KEYS[provider])
     store, router = Store(), Router()
     credentials = Credentials(store)
     with taddons.context(store, router, credentials) as tctx:
@@ -127,25 +134,6 @@ def test_a_provider_key_with_mtr_inside_it_still_passes_through(setup, key):
     assert flow.metadata["metrion"]["mode"] == "passthrough"
 
 
-KEYS = {"openai": KEY, "gemini": "AIza-test-unit-gemini-0001", "anthropic": "sk-ant-test-unit-0001"}
-
-
-@pytest.fixture
-def keyed(data_dir):
-    """As `setup`, with acme's key stored for OpenAI, Gemini and Anthropic."""
-    db, token = data_dir_with_acme(data_dir, KEY)
-    vault = Vault.open(resolve(data_dir))
-    [acme] = db.query("SELECT id FROM accounts WHERE name = 'acme'")
-    for provider in ("gemini", "anthropic"):
-        vault.put(acme["id"], provider, KEYS[provider])
-    store, router = Store(), Router()
-    credentials = Credentials(store)
-    with taddons.context(store, router, credentials) as tctx:
-        tctx.configure(store, metrion_data_dir=str(data_dir))
-        yield router, credentials, token
-        store.done()
-
-
 def provider_flow(provider, path, headers):
     body = b'{"contents":[]}' if provider == "gemini" else b'{"model":"m","messages":[]}'
     return openai_flow(path=path, headers=headers, body=body, upstream=providers.get(provider).DEFAULT_UPSTREAM)
@@ -156,7 +144,7 @@ SLOT_OF = {"openai": "`authorization: Bearer mtr_...`", "anthropic": "`x-api-key
            "gemini": "`x-goog-api-key: mtr_...`"}
 
 # (provider, the key's place, the request's path and other headers, where the refusal says the
-# token is); {token} is the token, {rest} what follows its prefix, {cred} the credential
+# token is); {token} is the token, {rest} what follows its prefix
 ELSEWHERE = [
     ("openai", "authorization", "/v1/chat/completions", {"x-team-auth": "{token}"}, "the 'x-team-auth' header"),
     ("openai", "authorization", "/v1/chat/completions", {"X-Trace": "user=alice;{token}"}, "the 'X-Trace' header"),
@@ -173,11 +161,11 @@ ELSEWHERE = [
 
 @pytest.mark.parametrize("credential", ["token", "provider key"])
 @pytest.mark.parametrize("provider, slot, path, extra, where", ELSEWHERE)
-def test_a_token_left_outside_the_credential_slots_is_refused_not_forwarded(keyed, credential, provider, slot,
+def test_a_token_left_outside_the_credential_slots_is_refused_not_forwarded(setup, credential, provider, slot,
                                                                              path, extra, where):
     """Only the slots are swapped or checked: a token elsewhere in the request would go to the
     provider as it is, beside the swapped key or the client's own provider key."""
-    router, credentials, token = keyed
+    _, _, router, credentials, token = setup
     fill = {"token": token, "rest": token.removeprefix("mtr_")}
     own_key = "sk-client-own-key-0001"
     sent = {slot: ("Bearer " if slot == "authorization" else "") + (token if credential == "token" else own_key),
@@ -190,8 +178,8 @@ def test_a_token_left_outside_the_credential_slots_is_refused_not_forwarded(keye
     assert fill["rest"] not in flow.response.text and KEYS[provider] not in flow.response.text
 
 
-def test_a_token_in_a_request_trailer_is_refused(keyed):
-    router, credentials, token = keyed
+def test_a_token_in_a_request_trailer_is_refused(setup):
+    _, _, router, credentials, token = setup
     flow = openai_flow(headers={"authorization": f"Bearer {token}"})
     flow.request.trailers = http.Headers(x_team_auth=token)
     flow = run(router, credentials, flow)
@@ -204,8 +192,8 @@ def test_a_token_in_a_request_trailer_is_refused(keyed):
     (GEMINI_PATH + "?%6Bey={token}", {}),                             # the key parameter's name encoded
     (GEMINI_PATH + "?alt=sse&k%65y={token}&x=1", {}),
 ])
-def test_a_token_in_a_gemini_slot_is_swapped_wherever_and_however_it_is_written(keyed, path, headers):
-    router, credentials, token = keyed
+def test_a_token_in_a_gemini_slot_is_swapped_wherever_and_however_it_is_written(setup, path, headers):
+    _, _, router, credentials, token = setup
     flow = run(router, credentials, provider_flow("gemini", path.format(token=token),
                                                   {k: v.format(token=token) for k, v in headers.items()}))
     assert flow.response is None
