@@ -10,7 +10,7 @@ import pytest
 
 from metrion_cli import db as dbmod
 from metrion_cli.paths import resolve
-from metrion_cli.writer import NICE_INCREMENT, Writer, row_values
+from metrion_cli.writer import NICE_INCREMENT, ROWS_PER_INSERT, Writer, row_values
 
 
 def row(**fields) -> dict:
@@ -34,6 +34,27 @@ def test_an_unhashable_value_is_stored_escaped_and_the_writer_goes_on(data_dir):
     assert stored == [("['not', 'a', 'name']", "{'who': 'x'}"), ("gpt-4o-mini", "after")]
     counted = {(r["facet"], r["value"]): r["requests"] for r in db.query("SELECT * FROM request_facets")}
     assert counted[("requester", "after")] == 1 and counted[("model", "['not', 'a', 'name']")] == 1
+
+
+def test_a_batch_of_many_rows_is_stored_whole_and_in_order_even_with_a_value_to_escape(data_dir):
+    # Rows go in several to a statement, the remainder one by one: every row lands, in the
+    # order put, each with its own values, and a bad value in a full statement is escaped.
+    paths = resolve(data_dir)
+    dbmod.initialise(paths)
+    count = 2 * ROWS_PER_INSERT + 5
+    writer = Writer(paths.metrion_db, interval=0.05, batch_size=count)
+    for i in range(count):
+        model = "bad\udc80" if i == ROWS_PER_INSERT + 3 else f"model-{i}"
+        writer.put(row(requester=f"user-{i}", model=model, input_tokens=i, account_id=1, month="2026-12"))
+    writer.start().close()
+    db = dbmod.open_metrion(paths)
+    stored = [(r["requester"], r["model"], r["input_tokens"])
+              for r in db.query("SELECT requester, model, input_tokens FROM requests ORDER BY id")]
+    assert stored == [(f"user-{i}", "bad\\udc80" if i == ROWS_PER_INSERT + 3 else f"model-{i}", i)
+                      for i in range(count)]
+    usage = list(db.query("SELECT month, requests, input_tokens FROM usage_monthly WHERE account_id = 1"))
+    assert usage == [{"month": "2026-12", "requests": count, "input_tokens": sum(range(count))}]
+    assert writer.written == count and writer.dropped == 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
