@@ -91,9 +91,11 @@ def lower_case_dict(fields: tuple) -> dict[bytes, bytes] | None:
     return as_sent if len(as_sent) == len(fields) and b"\0".join(as_sent).islower() else None
 
 
-def pick_fields(fields: tuple, names: frozenset[bytes]) -> dict[bytes, str]:
-    """`pick` over (name, value) pairs, without a Headers around them."""
-    as_sent = lower_case_dict(fields)
+def pick_fields(fields: tuple, names: frozenset[bytes], as_sent: dict[bytes, bytes] | None = None) -> dict[bytes, str]:
+    """`pick` over (name, value) pairs, without a Headers around them. `as_sent`: the fields'
+    `lower_case_dict`, when the caller has made it already."""
+    if as_sent is None:
+        as_sent = lower_case_dict(fields)
     if as_sent is not None:
         return {name: as_sent[name].decode("utf-8", "surrogateescape") for name in names if name in as_sent}
     found: dict[bytes, str] = {}

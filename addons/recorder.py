@@ -339,11 +339,11 @@ def fields_at_the_edges(head: bytes, tail: bytes) -> dict:
     return found
 
 
-def _buffered_as_sent(fields: tuple) -> bool:
+def _buffered_as_sent(as_sent: dict[bytes, bytes] | None) -> bool:
     """True for the common answer with its names in lower case, each once (HTTP/2, and most
-    HTTP/1 servers): not SSE, of known length up to MAX_BUFFERED, so mitmproxy buffers it.
-    False means only that the general path decides: the same question, asked of every field."""
-    as_sent = headers.lower_case_dict(fields)
+    HTTP/1 servers; `as_sent` is then its `lower_case_dict`): not SSE, of known length up to
+    MAX_BUFFERED, so mitmproxy buffers it. False means only that the general path decides: the
+    same question, asked of every field."""
     if as_sent is None:
         return False
     length = as_sent.get(b"content-length")
@@ -370,9 +370,10 @@ class Recorder:
         if not meta or not meta.get("provider") or flow.response is None:
             return
         fields = flow.response.data.headers.fields
-        if _buffered_as_sent(fields):
+        as_sent = headers.lower_case_dict(fields)
+        if _buffered_as_sent(as_sent):
             return  # read in the response hook; the row's headers are read in the writer's thread
-        facts = meta["response_facts"] = headers.pick_fields(fields, _FACT_HEADERS[meta["provider"]])
+        facts = meta["response_facts"] = headers.pick_fields(fields, _FACT_HEADERS[meta["provider"]], as_sent)
         encoding = facts.get(b"content-encoding", "")
         if facts.get(b"content-type", "").startswith("text/event-stream"):
             reader = providers.get(meta["provider"]).stream_reader(flow.request.path)
