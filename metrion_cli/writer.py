@@ -57,15 +57,13 @@ REQUEST_COLUMNS = (
     "ttfb_ms", "latency_ms", "request_bytes", "response_bytes", "requester", "mode",
     "key_fingerprint", "upstream_request_id", "error", "client_aborted",
 )
-_INSERT = (
-    f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
-)
+_ROW_PLACES = f"({', '.join('?' * len(REQUEST_COLUMNS))})"
+_INSERT = f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES {_ROW_PLACES}"
 # Rows go in ROWS_PER_INSERT to a statement: one step for many rows, and one release of the
 # GIL instead of one a row (each a chance for the event loop and this thread to swap the
 # core). 28 columns x 32 rows stays under SQLite's oldest limit of 999 parameters.
 ROWS_PER_INSERT = 32
-_INSERT_MANY = _INSERT + f", ({', '.join('?' * len(REQUEST_COLUMNS))})" * (ROWS_PER_INSERT - 1)
+_INSERT_MANY = _INSERT + f", {_ROW_PLACES}" * (ROWS_PER_INSERT - 1)
 _UPSERT_USAGE = (
     "INSERT INTO usage_monthly (account_id, month, requests, input_tokens, output_tokens) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, month) DO UPDATE SET "
