@@ -10,10 +10,11 @@
 - Timings from the request's arrival: `ttfb_ms` to the upstream's response headers,
   `latency_ms` to the last byte.
 - A client that goes away mid-stream leaves a row with `client_aborted` and the usage seen.
-- The row is built in the writer's thread from what the finished request leaves (`row_source`):
-  an answered flow goes there whole, and its values, body or stream copy are read there. A
-  flow whose bodies hold more than `MAX_READ_LATER` bytes, or one that failed, is read on the
-  event loop, so a row waiting to be built holds at most that.
+- Just after the response hook's step (or at the error hook), what the finished request
+  leaves (`row_source`: its values, bodies or stream copy, not the flow) goes to the writer's
+  thread, which reads the body or stream copy and builds the row. One whose bodies hold more
+  than `MAX_READ_LATER` bytes is built at once on the event loop, so a row waiting to be built
+  holds at most that.
 """
 
 import asyncio
@@ -389,19 +390,15 @@ class Recorder:
         # The row's values are taken after this hook's step, not in it: once the hook returns,
         # mitmproxy sends a buffered answer and notices a client that left meanwhile (it sets
         # flow.error and calls no error hook), and a later script's hook may still change the
-        # flow: the row must see all that. So the flow is handed over just after the step. A
-        # small flow goes to the writer's thread whole and is read there (the writer could
-        # otherwise take it mid-step, at a forced thread switch); one that holds more is read
-        # on the loop, so a queued row stays small.
+        # flow: the row must see all that. So its values are taken just after the step, on the
+        # loop, and the flow itself is not kept: mitmproxy frees it at once, as without Metrion.
+        # (Handing the flow whole to the writer's thread, which held it a quarter second
+        # longer, read 0.9% and 1.2% fewer requests per CPU-second in paired rounds.)
         self.store.inflight.pop(flow.id, None)
         meta = flow.metadata.get("metrion")
         if meta is None or meta.get("recorded"):
             return
-        if bytes_to_read(flow, meta) <= MAX_READ_LATER:
-            meta["recorded"] = True
-            asyncio.get_running_loop().call_soon(self.store.put_row_later, row_of_flow, flow)
-        else:
-            asyncio.get_running_loop().call_soon(self._record, flow)
+        asyncio.get_running_loop().call_soon(self._record, flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
@@ -431,11 +428,6 @@ def bytes_to_read(flow: http.HTTPFlow, meta: dict) -> int:
     if response is not None and response.data.content is not None:
         size += len(response.data.content)
     return size
-
-
-def row_of_flow(flow: http.HTTPFlow) -> tuple:
-    """The row of a finished flow, read in the writer's thread (`Writer.put_later`)."""
-    return finish_row(safe_row_source(flow, flow.metadata["metrion"]))
 
 
 def safe_row_source(flow: http.HTTPFlow, meta: dict) -> tuple:
