@@ -373,14 +373,14 @@ class Recorder:
         fields = flow.response.data.headers.fields
         as_sent = headers.lower_case_dict(fields)
         if _buffered_as_sent(as_sent):
-            return  # read in the response hook; the row's headers are read in the writer's thread
+            return  # taken whole by mitmproxy; body and headers are read for the row later
         facts = meta["response_facts"] = headers.pick_fields(fields, _FACT_HEADERS[meta["provider"]], as_sent)
         encoding = facts.get(b"content-encoding", "")
         if facts.get(b"content-type", "").startswith("text/event-stream"):
             reader = providers.get(meta["provider"]).stream_reader(flow.request.path)
             tap: SSETap | BodyTap = SSETap(reader, encoding, meta.get("hide_usage_event"))
         elif facts.get(b"content-length", "x").isdigit() and int(facts[b"content-length"]) <= MAX_BUFFERED:
-            return  # buffered: read in the response hook
+            return  # buffered: read for the row later, as above
         else:
             tap = BodyTap(encoding)
         meta["tap"] = tap
@@ -391,10 +391,10 @@ class Recorder:
         # mitmproxy sends a buffered answer and notices a client that left meanwhile (it sets
         # flow.error and calls no error hook), and a later script's hook may still change the
         # flow: the row must see all that. So its values are taken just after the step, on the
-        # loop, and the flow itself is not kept: mitmproxy frees it at once, as without Metrion.
-        # (Handing the flow whole to the writer's thread, which held it a quarter second
-        # longer, read 0.9% and 1.2% fewer requests per CPU-second in paired rounds.)
-        self.store.inflight.pop(flow.id, None)
+        # loop, and the flow itself is not kept: mitmproxy frees it at once, as without Metrion
+        # (+0.9% and +1.2% requests per CPU-second in paired rounds against handing the flow
+        # whole to the writer's thread, inside bench/ab.py's +-2%). It stays in `inflight`
+        # until then, so that a shutdown in between (done()) still records it.
         meta = flow.metadata.get("metrion")
         if meta is None or meta.get("recorded"):
             return

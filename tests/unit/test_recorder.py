@@ -154,12 +154,34 @@ def test_the_rows_values_are_taken_only_once_the_hooks_step_is_over(serving, dat
         metrion.responseheaders(flow)
         metrion.response(flow)
         during = list(handed)
+        flow.client_conn.timestamp_end = time.time()  # mitmproxy notices the client left
+        flow.error = mflow.Error("Client disconnected.")
         await asyncio.sleep(0)
         return during, list(handed)
 
     during, after = asyncio.run(step())
     assert during == [] and len(after) == 1
-    assert flow not in after[0] and after[0][0] is flow.metadata["metrion"]
+    assert isinstance(after[0], tuple) and flow not in after[0] and after[0][0] is flow.metadata["metrion"]
     metrion.store.done()
     [row] = rows(data_dir)
-    assert (row["status"], row["input_tokens"], row["client_aborted"]) == (200, 12, 0)
+    assert (row["status"], row["input_tokens"], row["client_aborted"]) == (200, 12, 1)
+
+
+def test_a_shutdown_right_after_the_response_hook_still_leaves_the_row(serving, data_dir):
+    # Between the response hook and its values being taken just after the step, the flow is
+    # still in flight: a shutdown there records it, and the hand-over then finds it recorded.
+    metrion, token = serving
+
+    async def answered_then_shut_down():
+        flow = admitted(metrion, token)
+        flow.response = answer([(b"content-type", b"application/json"), (b"x-request-id", b"req_last"),
+                                (b"content-length", str(len(ANSWER)).encode())], ANSWER)
+        metrion.responseheaders(flow)
+        metrion.response(flow)
+        metrion.done()  # the Recorder's done(), then the Store's: the writer's final flush
+        await asyncio.sleep(0)
+
+    asyncio.run(answered_then_shut_down())
+    [row] = rows(data_dir)
+    assert (row["upstream_request_id"], row["status"], row["input_tokens"], row["error"]) == (
+        "req_last", 200, 12, None)
