@@ -230,3 +230,24 @@ def m004_facet_counts(db: Database) -> None:
             f"INSERT INTO request_facets (facet, value, requests) SELECT '{column}', {column}, count(*) "
             f"FROM requests WHERE {column} IS NOT NULL GROUP BY {column}"
         )
+
+
+@metrion()
+def m005_facet_indexes_by_time(db: Database) -> None:
+    db.executescript(
+        """
+        -- A Logs page filtered by a facet value asks for that value's newest rows
+        -- (`WHERE provider = ? ORDER BY ts DESC LIMIT 51`). On a column-only index SQLite took
+        -- every matching row and sorted them: 854 ms for a provider holding 17% of a million
+        -- rows. On (column, ts) it reads the newest 51 in order. The filtered count still reads
+        -- the index alone. The writer's cost per row moved within the noise of its measures.
+        DROP INDEX IF EXISTS requests_provider;
+        DROP INDEX IF EXISTS requests_model;
+        DROP INDEX IF EXISTS requests_status;
+        DROP INDEX IF EXISTS requests_requester;
+        CREATE INDEX requests_provider_ts ON requests(provider, ts);
+        CREATE INDEX requests_model_ts ON requests(model, ts);
+        CREATE INDEX requests_status_ts ON requests(status, ts);
+        CREATE INDEX requests_requester_ts ON requests(requester, ts);
+        """
+    )

@@ -199,7 +199,7 @@ def test_upgrade_fills_the_histogram_from_an_older_log(data_dir):
     db = upgraded_older_log(
         data_dir, "m003_dashboard",
         ["DROP TABLE latency_histogram",
-         *(f"DROP INDEX requests_{index}" for index in ("provider", "model", "status", "requester"))],
+         *(f"DROP INDEX IF EXISTS requests_{index}" for index in ("provider", "model", "status", "requester"))],
         [row(5.0), row(7.0), row(7.0, forwarded=0)])
     histogram = list(db.query("SELECT le_ms, requests FROM latency_histogram ORDER BY le_ms"))
     assert histogram == [{"le_ms": 5.012, "requests": 1}, {"le_ms": 7.079, "requests": 1}]
@@ -230,6 +230,16 @@ def test_unfiltered_facets_are_the_writers_counts_and_match_the_log(filled):
         {"openai": 1101, "anthropic": 1003}
     filtered = asyncio.run(get_json(ds, "/metrion/requests.json?_shape=objects&status=200"))
     assert {f["value"]: f["count"] for f in filtered["facet_results"]["provider"]["results"]} == {"openai": 100}
+
+
+def test_a_page_filtered_by_a_facet_value_reads_its_newest_rows_in_order(filled):
+    """Datasette asks for a filtered Logs page's rows as below: each facet column's index
+    hands them over newest first, with no sort of every matching row (854 ms on a million)."""
+    db = dbmod.open_metrion(filled)
+    for column in ("requester", "provider", "model", "status"):
+        sql = f'SELECT * FROM requests WHERE "{column}" = :p0 ORDER BY ts DESC LIMIT 51'
+        plan = " | ".join(r["detail"] for r in db.query(f"EXPLAIN QUERY PLAN {sql}", {"p0": "x"}))
+        assert f"INDEX requests_{column}_ts" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_upgrade_counts_the_facets_of_an_older_log(data_dir):
