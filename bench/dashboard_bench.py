@@ -6,8 +6,12 @@ holding half of it), starts `metrion ui` on a free port, and times the Logs and 
 as a browser asks for them (one keep-alive connection, whole body read). Then runs
 `metrion export big` RUNS times, each in a fresh wrapper process that reports its child's peak
 RSS. Prints one JSON line. `--fill-only` and `--filled` split the filling from the timing.
+`--page PATH` times more pages the same way (`make bench` does not: filtered Logs pages that
+match a large part of the log take most of a second each).
 
     .venv/bin/python bench/dashboard_bench.py --data-dir /tmp/x/data --rows 1000000
+    .venv/bin/python bench/dashboard_bench.py --data-dir /tmp/x/data --rows 1000000 --filled \
+        --port 8011 --page '/metrion/requests?provider=xai' --page '/metrion/requests?status=500'
 """
 
 import argparse
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="runs of each figure")
     p.add_argument("--fetches", type=int, default=10, help="page loads per run (after 2 warm-ups)")
     p.add_argument("--port", type=int, help="port for `metrion ui` (required unless --fill-only)")
+    p.add_argument("--page", action="append", default=[], metavar="PATH",
+                   help="another page to time, e.g. '/metrion/requests?provider=xai' (repeatable)")
     p.add_argument("--fill-only", action="store_true",
                    help="fill the data directory and stop (bench/run.py fills it during the soak)")
     p.add_argument("--filled", action="store_true",
@@ -148,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             time_page(args.port, path, 2)
             result[f"{name}_ms"] = [statistics.median(time_page(args.port, path, args.fetches))
                                     for _ in range(args.runs)]
+        for path in args.page:
+            time_page(args.port, path, 2)
+            result.setdefault("pages_ms", {})[path] = [
+                statistics.median(time_page(args.port, path, args.fetches)) for _ in range(args.runs)]
     finally:
         ui.terminate()
         ui.wait(15)
