@@ -149,15 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.filled:
         result["fill_seconds"] = fill(args.data_dir, args.rows)
     ui = start_ui(args.data_dir, args.port)
+
+    def medians_of_runs(path: str) -> list[float]:
+        time_page(args.port, path, 2)
+        return [statistics.median(time_page(args.port, path, args.fetches)) for _ in range(args.runs)]
+
     try:
         for name, path in PAGES.items():
-            time_page(args.port, path, 2)
-            result[f"{name}_ms"] = [statistics.median(time_page(args.port, path, args.fetches))
-                                    for _ in range(args.runs)]
-        for path in args.page:
-            time_page(args.port, path, 2)
-            result.setdefault("pages_ms", {})[path] = [
-                statistics.median(time_page(args.port, path, args.fetches)) for _ in range(args.runs)]
+            result[f"{name}_ms"] = medians_of_runs(path)
+        if args.page:
+            result["pages_ms"] = {path: medians_of_runs(path) for path in args.page}
     finally:
         ui.terminate()
         ui.wait(15)
