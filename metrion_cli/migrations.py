@@ -252,3 +252,29 @@ def m005_facet_indexes_by_time(db: Database) -> None:
         CREATE INDEX IF NOT EXISTS requests_requester_ts ON requests(requester, ts);
         """
     )
+
+
+@metrion()
+def m006_facet_combinations(db: Database) -> None:
+    db.executescript(
+        """
+        -- Requests per combination of the Logs page's facet values, kept by the writer in the
+        -- same transaction as the rows. A page filtered by facet values (?provider=xai) counts
+        -- its facets here: Datasette's GROUP BY over the matching rows took 0.6-0.9 s on a
+        -- million-row log where the filter matched 80,000-170,000 of them, each facet cut off
+        -- at its 250 ms limit. NULL is a value here (a request with no x-metrion-user), so
+        -- the writer matches rows with IS, and no UNIQUE constraint (NULLs never conflict).
+        CREATE TABLE request_facet_combinations (
+            requester TEXT,
+            provider TEXT,
+            model TEXT,
+            status INTEGER,
+            requests INTEGER NOT NULL
+        );
+        CREATE INDEX request_facet_combinations_values
+            ON request_facet_combinations (provider, model, status, requester);
+        INSERT INTO request_facet_combinations (requester, provider, model, status, requests)
+            SELECT requester, provider, model, status, count(*) FROM requests
+            GROUP BY requester, provider, model, status;
+        """
+    )

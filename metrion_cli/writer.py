@@ -2,8 +2,8 @@
 
 The proxy's hooks call `put()` (a non-blocking append) and never wait on SQLite. The thread
 commits every `interval` seconds or `batch_size` rows, whichever comes first, and `close()`
-flushes what is queued. The same transaction keeps `usage_monthly`, `latency_histogram` and
-`request_facets`.
+flushes what is queued. The same transaction keeps `usage_monthly`, `latency_histogram`,
+`request_facets` and `request_facet_combinations`.
 `put()` does not wake the thread for each row: at a thousand rows a second, a wake-up per row
 (a blocking queue) cost the proxy more CPU than writing the rows. Every 250 ms rather than
 every 50: each commit costs the proxy's core a fixed amount besides its rows (measured under
@@ -78,9 +78,19 @@ _UPSERT_FACET = (
     "INSERT INTO request_facets (facet, value, requests) VALUES (?, ?, ?) "
     "ON CONFLICT (facet, value) DO UPDATE SET requests = requests + excluded.requests"
 )
-# The Logs page's facets (metrion_cli/dashboard), counted per value in request_facets.
+# The Logs page's facets (metrion_cli/dashboard), counted per value in request_facets and per
+# combination of values in request_facet_combinations.
 FACET_COLUMNS = ("requester", "provider", "model", "status")
 _FACETS = tuple((REQUEST_COLUMNS.index(c), c) for c in FACET_COLUMNS)
+_COMBINATION = operator.itemgetter(*(REQUEST_COLUMNS.index(c) for c in FACET_COLUMNS))
+# NULL is one of the values (no requester): matched with IS, hence no UNIQUE key to upsert on.
+_ADD_COMBINATION = (
+    "UPDATE request_facet_combinations SET requests = requests + ? "
+    f"WHERE {' AND '.join(f'{c} IS ?' for c in FACET_COLUMNS)}"
+)
+_NEW_COMBINATION = (
+    f"INSERT INTO request_facet_combinations ({', '.join(FACET_COLUMNS)}, requests) VALUES (?, ?, ?, ?, ?)"
+)
 _TS, _ACCOUNT, _PROVIDER, _MODEL, _FORWARDED, _INPUT, _OUTPUT, _LATENCY = (
     REQUEST_COLUMNS.index(c) for c in ("ts", "account_id", "provider", "model", "forwarded",
                                        "input_tokens", "output_tokens", "latency_ms"))
@@ -236,6 +246,7 @@ class Writer:
             counts = collections.Counter(map(operator.itemgetter(index), batch))
             counts.pop(None, None)
             facets.extend((column, value, n) for value, n in counts.items())
+        combinations = collections.Counter(map(_COMBINATION, batch))
         for row in batch:
             if row[_FORWARDED] and isinstance(row[_LATENCY], (int, float)) and row[_PROVIDER]:
                 latency[(row[_TS][:10], row[_PROVIDER], row[_MODEL] or "", upper_ms(bucket_of(row[_LATENCY])))] += 1
@@ -256,6 +267,9 @@ class Writer:
         conn.executemany(_UPSERT_USAGE, [(a, m, *t) for (a, m), t in usage.items()])
         conn.executemany(_UPSERT_LATENCY, [(*key, n) for key, n in latency.items()])
         conn.executemany(_UPSERT_FACET, facets)
+        for combination, n in combinations.items():
+            if not conn.execute(_ADD_COMBINATION, (n, *combination)).rowcount:
+                conn.execute(_NEW_COMBINATION, (*combination, n))
         conn.execute("COMMIT")
 
     def _rollback(self) -> None:

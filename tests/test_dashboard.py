@@ -241,6 +241,59 @@ def test_unfiltered_facets_are_the_writers_counts_and_match_the_log(filled):
     assert {f["value"]: f["count"] for f in filtered["facet_results"]["provider"]["results"]} == {"openai": 100}
 
 
+def facet_counts(page: dict) -> dict[str, dict]:
+    return {name: {f["value"]: f["count"] for f in facet["results"]} for name, facet in page["facet_results"].items()}
+
+
+def test_pages_filtered_by_facet_values_count_the_writers_combinations_and_match_the_log(filled):
+    """A Logs page filtered by facet values only reads its facet counts from
+    request_facet_combinations; they are what a GROUP BY over the matching rows gives (NULLs
+    left out), and any other filter is counted by Datasette over the rows."""
+    writer = Writer(filled.metrion_db).start()
+    writer.put(row(3.0, requester=None, status=None, model=None))
+    writer.put(row(4.0, requester=None, status=500))
+    writer.close()
+    db = dbmod.open_metrion(filled)
+    kept = {(r["requester"], r["provider"], r["model"], r["status"]): r["requests"]
+            for r in db.query("SELECT * FROM request_facet_combinations")}
+    assert kept == {(r["requester"], r["provider"], r["model"], r["status"]): r["n"] for r in db.query(
+        "SELECT requester, provider, model, status, count(*) AS n FROM requests GROUP BY 1, 2, 3, 4")}
+
+    def from_rows(where: str, params: list) -> dict[str, dict]:
+        return {column: {r["value"]: r["n"] for r in db.query(
+            f"SELECT {column} AS value, count(*) AS n FROM requests WHERE {column} IS NOT NULL AND {where} "
+            f"GROUP BY 1", params)} for column in ("requester", "provider", "model", "status")}
+
+    ds = build(filled.metrion_db)
+    filters = {"provider=openai": ("provider = ?", ["openai"]),
+               "status=200": ("status = ?", [200]),
+               "provider=openai&status=500": ("provider = ? AND status = ?", ["openai", 500]),
+               "requester=bob&model__exact=claude-sonnet-4": ("requester = ? AND model = ?", ["bob", "claude-sonnet-4"]),
+               "model=gpt-4o-mini&_sort=id&_size=5": ("model = ?", ["gpt-4o-mini"])}
+    for query, (where, params) in filters.items():
+        page = asyncio.run(get_json(ds, f"/metrion/requests.json?{query}"))
+        assert facet_counts(page) == from_rows(where, params), query
+    assert facet_counts(asyncio.run(get_json(ds, "/metrion/requests.json?status=500")))["requester"] == {}
+    # The speed rests on reading the kept counts: with them marked, only pages filtered by
+    # facet values show the mark.
+    db.execute("UPDATE request_facet_combinations SET requests = requests + 1000")
+    ds = build(filled.metrion_db)
+    by_values = asyncio.run(get_json(ds, "/metrion/requests.json?provider=anthropic"))
+    assert facet_counts(by_values)["status"] == {529: 1003}
+    for other in ("provider=anthropic&ts__gte=2000-01-01", "provider=anthropic&endpoint=/v1/messages",
+                  "provider=anthropic&provider=openai", "provider__not=openai"):
+        page = asyncio.run(get_json(ds, f"/metrion/requests.json?{other}"))
+        assert all(count < 1000 for counts in facet_counts(page).values() for count in counts.values()), other
+
+
+def test_upgrade_counts_the_facet_combinations_of_an_older_log(data_dir):
+    db = upgraded_older_log(data_dir, "m006_facet_combinations", ["DROP TABLE request_facet_combinations"],
+                            [row(5.0), row(7.0), row(7.0, requester=None, status=500)])
+    kept = {(r["requester"], r["provider"], r["model"], r["status"]): r["requests"]
+            for r in db.query("SELECT * FROM request_facet_combinations")}
+    assert kept == {("alice", "openai", "gpt-4o-mini", 200): 2, (None, "openai", "gpt-4o-mini", 500): 1}
+
+
 def test_a_page_filtered_by_a_facet_value_reads_its_newest_rows_in_order(filled):
     """The query Datasette runs for a Logs page filtered by a facet value: each facet column's
     index hands its rows over newest first, with no sort of every matching row (0.8-1.0 s for
