@@ -6,8 +6,8 @@ holding half of it), starts `metrion ui` on a free port, and times the Logs and 
 as a browser asks for them (one keep-alive connection, whole body read). Then runs
 `metrion export big` RUNS times, each in a fresh wrapper process that reports its child's peak
 RSS. Prints one JSON line. `--fill-only` and `--filled` split the filling from the timing.
-`--page PATH` times more pages the same way (`make bench` does not: filtered Logs pages that
-match a large part of the log take most of a second each).
+`--page PATH` times more pages the same way (`make bench` times the two pages only, for its
+10 minutes).
 
     .venv/bin/python bench/dashboard_bench.py --data-dir /tmp/x/data --rows 1000000
     .venv/bin/python bench/dashboard_bench.py --data-dir /tmp/x/data --rows 1000000 --filled \
