@@ -278,3 +278,27 @@ def m006_facet_combinations(db: Database) -> None:
             GROUP BY requester, provider, model, status;
         """
     )
+
+
+@metrion()
+def m007_time_indexes_newest_first(db: Database) -> None:
+    db.executescript(
+        """
+        -- Datasette's first Logs page asks for `ORDER BY ts DESC` alone, and its later pages
+        -- (`_next=`) for `ORDER BY ts DESC, id` with `id >` the last row's: rows of the same
+        -- ts come in index order on the first and by ascending id after it. On an index by
+        -- ascending ts, read backwards, the first page's ties came by descending id, so paging
+        -- on showed some of them twice and skipped others. Indexed newest first, ties come by
+        -- ascending id on every page.
+        DROP INDEX IF EXISTS requests_ts;
+        DROP INDEX IF EXISTS requests_provider_ts;
+        DROP INDEX IF EXISTS requests_model_ts;
+        DROP INDEX IF EXISTS requests_status_ts;
+        DROP INDEX IF EXISTS requests_requester_ts;
+        CREATE INDEX requests_ts ON requests(ts DESC);
+        CREATE INDEX requests_provider_ts ON requests(provider, ts DESC);
+        CREATE INDEX requests_model_ts ON requests(model, ts DESC);
+        CREATE INDEX requests_status_ts ON requests(status, ts DESC);
+        CREATE INDEX requests_requester_ts ON requests(requester, ts DESC);
+        """
+    )

@@ -198,20 +198,23 @@ def upgraded_older_log(data_dir, migration: str, undo: list[str], rows: list[dic
 FACET_INDEXES_BY_TIME = {f"requests_{column}_ts" for column in ("provider", "model", "status", "requester")}
 
 
-def test_upgrade_fills_the_histogram_and_indexes_facets_by_time_on_an_older_log(data_dir):
-    # A log from before m003: no histogram, no facet index (m005, which replaced m003's
-    # column-only indexes, not run either).
+def test_upgrade_fills_the_histogram_and_indexes_facets_by_time_newest_first_on_an_older_log(data_dir):
+    # A log from before m003: no histogram, no facet index, the time index by ascending ts
+    # (m005, which replaced m003's column-only indexes, and m007 not run either).
     db = upgraded_older_log(
         data_dir, "m003_dashboard",
         ["DROP TABLE latency_histogram",
          *(f"DROP INDEX {index}" for index in FACET_INDEXES_BY_TIME),
-         "DELETE FROM _sqlite_migrations WHERE name = 'm005_facet_indexes_by_time'"],
+         "DROP INDEX requests_ts", "CREATE INDEX requests_ts ON requests(ts)",
+         "DELETE FROM _sqlite_migrations WHERE name IN ('m005_facet_indexes_by_time', "
+         "'m007_time_indexes_newest_first')"],
         [row(5.0), row(7.0), row(7.0, forwarded=0)])
     histogram = list(db.query("SELECT le_ms, requests FROM latency_histogram ORDER BY le_ms"))
     assert histogram == [{"le_ms": 5.012, "requests": 1}, {"le_ms": 7.079, "requests": 1}]
-    indexes = {r["name"] for r in db.query(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests' AND sql IS NOT NULL")}
-    assert indexes == {"requests_ts", "requests_account_ts", *FACET_INDEXES_BY_TIME}
+    indexes = {r["name"]: r["sql"] for r in db.query(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests' AND sql IS NOT NULL")}
+    assert indexes.keys() == {"requests_ts", "requests_account_ts", *FACET_INDEXES_BY_TIME}
+    assert all(indexes[name].endswith("ts DESC)") for name in {"requests_ts", *FACET_INDEXES_BY_TIME}), indexes
 
 
 def test_unfiltered_facets_are_the_writers_counts_and_match_the_log(filled):
@@ -307,6 +310,23 @@ def test_a_page_filtered_by_a_facet_value_reads_its_newest_rows_in_order(filled)
         query = page["query"]
         plan = " | ".join(r["detail"] for r in db.query(f"EXPLAIN QUERY PLAN {query['sql']}", query["params"]))
         assert f"INDEX requests_{column}_ts" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_paging_through_the_logs_shows_every_row_once_newest_first_even_when_times_tie(filled):
+    """The filled log's 100 OpenAI rows share one ts: following each page's next link
+    (Datasette's `_next`, 7 rows a page) must still show each row once, unfiltered and
+    filtered by a facet value, newest first."""
+    ds = build(filled.metrion_db)
+    for start in ("/metrion/requests.json?_size=7", "/metrion/requests.json?provider=openai&_size=7"):
+        seen, path = [], start
+        while path:
+            page = asyncio.run(get_json(ds, path + "&_shape=objects" if "_shape" not in path else path))
+            seen.extend((r["ts"], r["id"]) for r in page["rows"])
+            path = page["next_url"] and page["next_url"].split("://", 1)[-1].split("/", 1)[-1]
+            path = path and "/" + path
+        expected = 103 if "provider" not in start else 100
+        assert len(seen) == len({id for _, id in seen}) == expected, start
+        assert [ts for ts, _ in seen] == sorted((ts for ts, _ in seen), reverse=True), start
 
 
 def test_upgrade_counts_the_facets_of_an_older_log(data_dir):
