@@ -21,7 +21,7 @@ from metrion_cli.paths import resolve
 from metrion_cli.writer import Writer
 
 
-def build_rows(n: int) -> list[dict]:
+def build_rows(n: int, requesters: int = 0) -> list[dict]:
     start = datetime.datetime.now(datetime.timezone.utc)
     rows = []
     for i in range(n):
@@ -47,7 +47,7 @@ def build_rows(n: int) -> list[dict]:
             "ttfb_ms": round(0.8 + (i % 13) / 10, 3),
             "latency_ms": round(1.1 + (i % 17) / 10, 3),
             "request_bytes": 104,
-            "requester": "bench" if i % 3 == 0 else None,
+            "requester": f"user{i % requesters}" if requesters else "bench" if i % 3 == 0 else None,
             "mode": "stored" if stored else "passthrough",
             "key_fingerprint": None if stored else "a1b2c3d4e5f60718",
             "error": None,
@@ -72,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True, help="a freshly `metrion init`ed data directory")
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--requesters", type=int, default=0, metavar="N",
+                   help="every row from one of N requesters in turn (default: a third from one, the rest none); "
+                        "each is a facet combination the writer keeps")
     args = p.parse_args(argv)
     db_path = resolve(args.data_dir).metrion_db
     if not Path(db_path).exists():
         print(json.dumps({"error": f"no database at {db_path}: run metrion init first"}))
         return 1
-    rows = build_rows(args.rows)
+    rows = build_rows(args.rows, args.requesters)
     writer = Writer(db_path).start()
     try:
         t0 = time.perf_counter()

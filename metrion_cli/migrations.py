@@ -271,8 +271,13 @@ def m006_facet_combinations(db: Database) -> None:
             status INTEGER,
             requests INTEGER NOT NULL
         );
+        -- The writer finds a combination by all four; a page filtered by one value finds its
+        -- combinations by that one (there are as many as requesters, times models and statuses).
         CREATE INDEX request_facet_combinations_values
             ON request_facet_combinations (provider, model, status, requester);
+        CREATE INDEX request_facet_combinations_requester ON request_facet_combinations (requester);
+        CREATE INDEX request_facet_combinations_model ON request_facet_combinations (model);
+        CREATE INDEX request_facet_combinations_status ON request_facet_combinations (status);
         INSERT INTO request_facet_combinations (requester, provider, model, status, requests)
             SELECT requester, provider, model, status, count(*) FROM requests
             GROUP BY requester, provider, model, status;

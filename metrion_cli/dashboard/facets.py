@@ -11,15 +11,15 @@ by facet values (`?provider=xai&status=200`) sums the second. Any other filter (
 """
 
 from datasette import hookimpl
+from datasette.database import QueryInterrupted
 from datasette.facets import ColumnFacet
+from datasette.filters import Filters
 from datasette.utils import path_with_added_args, path_with_removed_args
 
 from ..writer import FACET_COLUMNS
 
 _COUNTS_SQL = ("SELECT value, requests AS count FROM request_facets WHERE facet = :facet "
                "ORDER BY count DESC, value LIMIT :limit")
-# Arguments that leave the set of rows, and so the facet counts, as they are.
-_NOT_FILTERS = frozenset({"_facet", "_facet_size", "_size", "_sort", "_sort_desc", "_next", "_labels", "_shape"})
 
 
 def _combination_counts_sql(column: str, filtered: list[str]) -> str:
@@ -39,16 +39,21 @@ class CountedFacet(ColumnFacet):
         """The page's filters as {facet column: value} when it has no others, else None."""
         if self.table != "requests" or not all(column in FACET_COLUMNS for column in columns):
             return None
+        # What Datasette's table view takes for filters: every argument but `_name` ones.
+        pairs = [(k, v) for k, v in self.get_querystring_pairs() if not (k.startswith("_") and "__" not in k)]
         filters: dict[str, str] = {}
-        for key, value in self.get_querystring_pairs():
+        for key, value in pairs:
             column = key.removesuffix("__exact")
-            if key in _NOT_FILTERS:
-                continue
             if column not in FACET_COLUMNS or column in filters or not value:
                 return None  # another filter, one column twice or empty: Datasette counts
             filters[column] = value
-        # Every condition of the page's SQL is one of these (none from elsewhere).
-        return filters if len(self.params or ()) == len(filters) else None
+        # The page's SQL must hold those conditions and no other: `_where`, `_search`, a later
+        # page's cursor (`_next`) or a plugin's filter add theirs, and Datasette counts.
+        bits, params = Filters(sorted(pairs)).build_where_clauses(self.table)
+        where = f" where {' and '.join(bits)}" if bits else ""
+        if dict(self.params or {}) != params or not self.sql.rstrip().endswith(f" from requests{where}"):
+            return None
+        return filters
 
     async def facet_results(self):
         configs = self.get_configs()
@@ -61,13 +66,20 @@ class CountedFacet(ColumnFacet):
             return results, timed_out
         facet_size = self.get_facet_size()
         selected_pairs = self.get_querystring_pairs()
-        results = []
+        results, timed_out = [], []
         for config, column in zip(configs, columns):
             if filters:
                 sql, params = _combination_counts_sql(column, list(filters)), dict(filters)
             else:
                 sql, params = _COUNTS_SQL, {"facet": column}
-            rows = (await self.ds.execute(self.database, sql, {**params, "limit": facet_size + 1})).rows
+            try:
+                # As Datasette's own facets: each gets facet_time_limit_ms, and one that runs out
+                # is listed as timed out, the page shown all the same.
+                rows = (await self.ds.execute(self.database, sql, {**params, "limit": facet_size + 1},
+                                              custom_time_limit=self.ds.setting("facet_time_limit_ms"))).rows
+            except QueryInterrupted:
+                timed_out.append(column)
+                continue
             results.append({
                 "name": column,
                 "type": "column",  # what it is to a reader; the page shows any other type
@@ -76,7 +88,7 @@ class CountedFacet(ColumnFacet):
                 "results": [self._value(column, row, selected_pairs) for row in rows[:facet_size]],
                 "truncated": len(rows) > facet_size,
             })
-        return results, []
+        return results, timed_out
 
     def _value(self, column: str, row, selected_pairs: list[tuple[str, str]]) -> dict:
         # As Datasette's ColumnFacet: a selected value's link takes its filter off, another's adds it.
