@@ -1,7 +1,7 @@
 """The dashboard: Datasette over metrion.db (never vault.db), its pages given as metadata.
 
-- Logs: the `requests` table, newest first, faceted by requester, provider, model and status;
-  unfiltered, the counts come from `request_facets`, filtered by facet values only from
+- Logs: the `requests` table, newest logged first (by id), faceted by requester, provider,
+  model and status; unfiltered, the counts come from `request_facets`, filtered by facet values only from
   `request_facet_combinations` (the writer keeps both; dashboard/facets.py).
 - Latency: p50/p95/p99 by day, provider and model, read from `latency_histogram` (the writer
   keeps it), so the page costs the same on a million rows as on a thousand.
@@ -57,7 +57,9 @@ def metadata(database: str = "metrion") -> dict:
                     "registered_keys": {"allow": {"id": "root"}},
                     "requests": {
                         "title": "Logs",
-                        "sort_desc": "ts",
+                        # By id, newest logged first: unique, so Datasette's pages never
+                        # repeat or skip rows that share a ts (migrations.m007).
+                        "sort_desc": "id",
                         "facets": [{"counted": column} for column in FACET_COLUMNS],
                         "size": 50,
                     },
