@@ -196,7 +196,6 @@ def upgraded_older_log(data_dir, migration: str, undo: list[str], rows: list[dic
 
 
 FACET_INDEXES = {f"requests_{column}" for column in ("provider", "model", "status", "requester")}
-FACET_INDEXES_BY_TIME = {f"requests_{column}_ts" for column in ("provider", "model", "status", "requester")}
 
 
 def test_upgrade_fills_the_histogram_and_indexes_facets_by_column_on_an_older_log(data_dir):
@@ -255,7 +254,7 @@ KEPT_COUNTS_PAGES = ("", "_nocol=usage_raw&_sort=id", "provider=openai", "status
                      "provider=anthropic&status=529&requester=bob&model=claude-sonnet-4&_facet_size=1")
 COUNTED_BY_DATASETTE = ("provider=anthropic&ts__gte=2000-01-01", "provider=anthropic&endpoint=/v1/messages",
                         "provider=anthropic&provider=openai", "provider__not=openai", "provider=anthropic&requester=",
-                        "provider=anthropic&_size=1&_next=" + urllib.parse.quote(f"{TODAY}T10:00:00.000Z,101"))
+                        "provider=anthropic&_size=1&_next=103,103")  # page 2: the rows after id 103
 
 
 def test_facets_from_the_writers_counts_are_what_datasette_counts_and_the_counts_stay_one_row_each(
@@ -324,14 +323,16 @@ def test_a_page_filtered_by_a_facet_value_reads_its_newest_rows_in_order(filled)
 
 
 def test_paging_through_the_logs_shows_every_row_once_newest_first_even_when_times_tie(filled):
-    """The filled log's 100 OpenAI rows share one ts: following each page's next link
+    """The filled log's 103 rows share one ts: following each page's next link
     (Datasette's `_next`, 7 rows a page) shows each row once, newest logged first, unfiltered
     and filtered by a facet value. (Ordered by ts, Datasette's first page and the pages after
     it put such rows in different orders.)"""
     ds = build(filled.metrion_db)
     for start, expected in (("/metrion/requests.json?_size=7", 103), ("/metrion/requests.json?provider=openai&_size=7", 100)):
         ids, path = [], start
-        while path:
+        for _ in range(30):  # 15 pages at most; a cursor that never moves on fails, not hangs
+            if not path:
+                break
             page = asyncio.run(get_json(ds, path))
             ids.extend(r[0] for r in page["rows"])  # the id, first column
             path = page["next_url"] and "/" + page["next_url"].split("://", 1)[-1].split("/", 1)[-1]
