@@ -295,7 +295,7 @@ def test_only_pages_filtered_by_facet_values_read_the_writers_combinations(fille
         counts = [count for counts in facet_counts(page).values() for count in counts.values()]
         if query in KEPT_COUNTS_PAGES:
             assert counts and all(count > 1000 for count in counts), query
-        else:  # one of them matches no row: Datasette shows no value, the marked counts would
+        else:  # counted from the rows, unmarked (one page matches no row and shows no value)
             assert all(count < 1000 for count in counts), query
 
 
