@@ -1,8 +1,8 @@
 """The dashboard: Datasette over metrion.db (never vault.db), its pages given as metadata.
 
 - Logs: the `requests` table, newest logged first (by id), faceted by requester, provider,
-  model and status; unfiltered, the counts come from `request_facets`, filtered by facet values only from
-  `request_facet_combinations` (the writer keeps both; dashboard/facets.py).
+  model and status; unfiltered, the counts come from `request_facets`, filtered by facet values
+  only from `request_facet_combinations` (the writer keeps both; dashboard/facets.py).
 - Latency: p50/p95/p99 by day, provider and model, read from `latency_histogram` (the writer
   keeps it), so the page costs the same on a million rows as on a thousand.
 - Usage: each account's requests this month against its cap.

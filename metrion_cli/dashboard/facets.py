@@ -7,7 +7,8 @@ limit. The writer counts each request, in the same transaction as its row, under
 requester, provider, model and status (`request_facets`) and under their combination
 (`request_facet_combinations`). So the unfiltered page reads the first, and a page filtered only
 by facet values (`?provider=xai&status=200`) sums the second. Any other filter (a search,
-`_where`, `ts__gt=...`) is counted by Datasette, over the filtered rows.
+`_where`, `ts__gt=...`), and any page after the first (`_next=`), is counted by Datasette over
+its rows.
 """
 
 from datasette import hookimpl
